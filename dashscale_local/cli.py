@@ -1,0 +1,212 @@
+"""The `dashscale` command. Bad input → one line naming file/line/value, exit 2;
+runtime failure → exit 1."""
+import functools
+import json
+import os
+import sys
+import time
+
+import click
+
+from . import control, rundir
+from .errors import RuntimeFailure, UsageError
+from .output import LogTail, Printer, last_lines
+from .sizes import format_size
+
+
+def _fail(exc):
+    click.echo(f"dashscale: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (UsageError, RuntimeFailure) as exc:
+            _fail(exc)
+    return wrapper
+
+
+procfile_option = click.option("-f", "--procfile", default="Procfile", show_default=True,
+                               help="The Procfile; the run directory .dashscale/ is next to it.")
+
+
+def _run_dir(procfile):
+    return rundir.run_dir_for(procfile)
+
+
+def _control(procfile, method, route, body=None, timeout=300.0):
+    return control.call(rundir.control_socket(_run_dir(procfile)), method, route, body, timeout)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dashscale-local")
+def main():
+    """Run a Dash app's Procfile as replicas behind one URL, as Dash Enterprise does."""
+
+
+@main.command()
+@procfile_option
+@click.option("-m", "-c", "--formation", "formation", multiple=True,
+              help="Replicas per type: web=4,worker=1 or all=2 (default 1 each).")
+@click.option("-e", "--env", "env_files", multiple=True, help="Env file(s) (default: .env).")
+@click.option("--host", default=None, help="Proxy address (default 127.0.0.1).")
+@click.option("--port", "-p", type=int, default=None, help="Proxy port (default 8050).")
+@click.option("--base-port", type=int, default=None, help="First replica port (default 5006).")
+@click.option("--memory-limit", default=None, help="8GiB, or per type: web=2GiB,worker=512MiB.")
+@click.option("--on-limit", type=click.Choice(["stop", "restart"]), default=None)
+@click.option("--memory-metric", type=click.Choice(["pss", "rss", "uss"]), default=None)
+@click.option("--balance", type=click.Choice(["round-robin", "least-outstanding"]), default=None)
+@click.option("--pod-limit", type=int, default=None, help="Cap on all replicas together (40).")
+@handle_errors
+def start(procfile, formation, env_files, host, port, base_port, memory_limit, on_limit,
+          memory_metric, balance, pod_limit):
+    """Start the formation in the foreground (Ctrl-C stops everything)."""
+    from .config import load_settings
+    from .project import Project
+    from .runner import Runner
+
+    procfile = os.path.abspath(procfile)
+    project_dir = os.path.dirname(procfile)
+    settings = load_settings(project_dir, {
+        "host": host, "port": port, "base_port": base_port, "memory_limit": memory_limit,
+        "on_limit": on_limit, "memory_metric": memory_metric, "balance": balance,
+        "pod_limit": pod_limit})
+    settings.setdefault("balance", "round-robin")
+    project = Project(procfile, env_files, memory_limit, settings)
+    counts = project.formation(formation, settings)
+    run_dir = project.run_dir
+    runner_proc = rundir.live_runner(run_dir)
+    if runner_proc is not None:
+        raise UsageError(f"dashscale is already running here (pid {runner_proc.pid}); "
+                         "use `dashscale status` or `dashscale stop`", file=run_dir)
+    rundir.prepare(run_dir)
+    printer = Printer()
+    killed = rundir.cleanup_stale(run_dir)
+    if killed:
+        printer.system(f"cleaned up a previous run that did not stop: killed pids "
+                       f"{', '.join(map(str, killed))}")
+    sys.exit(Runner(project, settings, counts, printer).run())
+
+
+@main.command()
+@procfile_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable (stable keys).")
+@handle_errors
+def status(procfile, as_json):
+    """Replicas, their state, memory and the proxy URL."""
+    data = _control(procfile, "GET", "/status")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"proxy {data['proxy']['url']}  formation "
+               + ",".join(f"{k}={v}" for k, v in data["formation"].items()))
+    rows = [("REPLICA", "STATE", "PID", "PORT", "READY", "MEMORY / LIMIT", "RESTARTS", "OOM",
+             "SERVED")]
+    for r in data["replicas"]:
+        mem = f"{format_size(r['memory_bytes'])} / {format_size(r['memory_limit_bytes'])}"
+        if r["memory_limit_bytes"] and r["memory_bytes"] >= 0.8 * r["memory_limit_bytes"]:
+            mem += " (!)"
+        rows.append((r["name"], r["state"], str(r["pid"] or "-"), str(r["port"]),
+                     "yes" if r["ready"] else "no", mem, str(r["restarts"]),
+                     str(r["oom_kills"]), str(r.get("proxy", {}).get("served", 0))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    m = data["memory"]
+    click.echo(f"memory {format_size(m['total_bytes'])} of max {format_size(m['max_bytes'])} "
+               f"({m.get('metric', 'pss')})")
+
+
+@main.command()
+@procfile_option
+@click.argument("formation", nargs=-1, required=True)
+@handle_errors
+def scale(procfile, formation):
+    """Change replica counts while running: dashscale scale web=6 worker=0."""
+    from .formation import parse_formation
+    spec = {}
+    for item in formation:
+        spec.update(parse_formation(item, source="scale"))
+    data = _control(procfile, "POST", "/scale", {"formation": spec})
+    click.echo("formation: " + ",".join(f"{k}={v}" for k, v in data["formation"].items()))
+
+
+@main.command()
+@procfile_option
+@click.argument("target", required=False)
+@click.option("--rolling", is_flag=True, help="One at a time, waiting until each serves.")
+@handle_errors
+def restart(procfile, target, rolling):
+    """Restart all replicas, a type (web) or one replica (web.2)."""
+    data = _control(procfile, "POST", "/restart", {"target": target, "rolling": rolling})
+    click.echo("restarted: " + ", ".join(data["restarted"]))
+
+
+@main.command()
+@procfile_option
+@click.option("--timeout", type=float, default=60.0, help="Seconds to wait for the stop.")
+@handle_errors
+def stop(procfile, timeout):
+    """Stop the running formation (or clean up after a runner that died)."""
+    run_dir = _run_dir(procfile)
+    runner_proc = rundir.live_runner(run_dir)
+    if runner_proc is None:
+        killed = rundir.cleanup_stale(run_dir)
+        if killed:
+            click.echo(f"cleaned up a run whose runner had died: killed pids "
+                       f"{', '.join(map(str, killed))}")
+            return
+        raise UsageError("no dashscale is running here", file=run_dir)
+    try:
+        _control(procfile, "POST", "/stop", timeout=10)
+    except UsageError:
+        runner_proc.terminate()  # socket gone but runner alive: signal it instead
+    if not rundir.wait_gone(runner_proc, timeout):
+        raise RuntimeFailure(f"runner (pid {runner_proc.pid}) did not stop in {timeout:g}s")
+    click.echo("stopped")
+
+
+@main.command()
+@procfile_option
+@click.option("--follow", "-f", "follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--lines", default=50, show_default=True)
+@click.argument("replica", required=False)
+@handle_errors
+def logs(procfile, follow, lines, replica):
+    """Show replica logs (all, or one: web.2)."""
+    log_dir = os.path.join(_run_dir(procfile), "logs")
+    if not os.path.isdir(log_dir):
+        raise UsageError("no logs here (nothing has run)", file=log_dir)
+    names = sorted(f[:-4] for f in os.listdir(log_dir)
+                   if f.endswith(".log") and f != "supervisord.log")
+    if replica:
+        if replica not in names:
+            raise UsageError(f"no log for '{replica}' (have: {', '.join(names)})", file=log_dir)
+        names = [replica]
+    printer = Printer()
+    for name in names:
+        for line in last_lines(os.path.join(log_dir, f"{name}.log"), lines):
+            printer.line(name, line)
+    if not follow:
+        return
+    tails = {n: LogTail(os.path.join(log_dir, f"{n}.log")) for n in names}
+    try:
+        while True:
+            for name, tail in tails.items():
+                for line in tail.read_lines():
+                    printer.line(name, line)
+            if not replica:  # new replicas appear after a scale
+                for f in os.listdir(log_dir):
+                    n = f[:-4]
+                    if f.endswith(".log") and n not in tails and f != "supervisord.log":
+                        tails[n] = LogTail(os.path.join(log_dir, f), from_start=True)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

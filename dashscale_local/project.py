@@ -1,0 +1,67 @@
+"""Everything `start` reads before it runs anything: Procfile, .env, limits, formation.
+
+All of it is parsed and checked up front, so bad input fails with exit 2 and a
+one-line message before any process starts.
+"""
+import os
+
+from . import rundir
+from .envfile import load_env_files
+from .formation import parse_formation, parse_scale_file, resolve_formation
+from .procfile import load_procfile
+from .sizes import MIN_MEMORY_LIMIT, parse_limits
+
+SCALE_FILE = "DOKKU_SCALE"
+
+
+class Project:
+    def __init__(self, procfile_path, env_files=(), memory_limit=None, settings=None):
+        self.procfile_path = os.path.abspath(procfile_path)
+        self.directory = os.path.dirname(self.procfile_path)
+        self.run_dir = rundir.run_dir_for(self.procfile_path)
+        self.procfile = load_procfile(self.procfile_path)
+        self.type_names = list(self.procfile.types)
+        self.env_files = [os.path.abspath(p) for p in env_files] or \
+            [os.path.join(self.directory, ".env")]
+        self.env = load_env_files(self.env_files, required=bool(env_files))
+        limit_spec = memory_limit or (settings or {}).get("memory_limit")
+        self.memory_limits = parse_limits(limit_spec, self.type_names,
+                                          source="--memory-limit" if memory_limit else "memory_limit")
+        for type_, limit in self.memory_limits.items():
+            assert limit >= MIN_MEMORY_LIMIT
+        self.extra_env = {}  # e.g. REDIS_URL from managed services
+
+    @property
+    def scale_file(self):
+        return os.path.join(self.directory, SCALE_FILE)
+
+    def saved_formation(self):
+        """The persisted formation: DOKKU_SCALE next to the Procfile if present, else
+        the one `dashscale scale` last left in the run directory."""
+        for path in (self.scale_file, os.path.join(self.run_dir, "formation")):
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    counts = parse_scale_file(f.read(), path)
+                return {k: v for k, v in counts.items() if k == "all" or k in self.procfile.types}
+        return {}
+
+    def save_formation(self, counts):
+        path = self.scale_file if os.path.exists(self.scale_file) else \
+            os.path.join(self.run_dir, "formation")
+        text = "".join(f"{k}={v}\n" for k, v in counts.items())
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+    def formation(self, specs, settings, use_saved=True):
+        """1 per type, then the saved formation, then each -m/-c spec (later wins)."""
+        parsed = [parse_formation(s, source="-m") for s in specs if s]
+        saved = self.saved_formation() if use_saved else {}
+        return resolve_formation(self.type_names, saved, *parsed,
+                                 pod_limit=int(settings["pod_limit"]),
+                                 max_per_type=int(settings["max_replicas_per_type"]))
+
+
+def find_procfile(path=None):
+    return os.path.abspath(path or "Procfile")

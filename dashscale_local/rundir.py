@@ -1,0 +1,166 @@
+"""The run directory `.dashscale/` next to the Procfile: private files, the record of
+what is running, and cleanup of a run whose runner died (kill -9, crash, reboot).
+
+state.json names the runner, supervisord and every replica pid with its start time,
+so a later `start` or `stop` can find orphans and kill them without ever killing a
+process that merely reused a pid.
+"""
+import json
+import os
+import signal
+import socket
+import time
+
+import psutil
+
+from .errors import RuntimeFailure, UsageError
+
+RUN_DIR_NAME = ".dashscale"
+
+
+def run_dir_for(procfile_path):
+    return os.path.join(os.path.dirname(os.path.abspath(procfile_path)), RUN_DIR_NAME)
+
+
+def prepare(run_dir):
+    """Create the run directory (0700) or fail with a clear message."""
+    try:
+        os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        os.chmod(run_dir, 0o700)
+        probe = os.path.join(run_dir, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"cannot use run directory: {exc.strerror}", file=run_dir)
+
+
+def state_path(run_dir):
+    return os.path.join(run_dir, "state.json")
+
+
+def control_socket(run_dir):
+    return os.path.join(run_dir, "control.sock")
+
+
+def identity(pid):
+    """(pid, create_time) — a pid alone may have been reused by an unrelated process."""
+    try:
+        return [pid, psutil.Process(pid).create_time()]
+    except psutil.Error:
+        return None
+
+
+def same_process(ident):
+    if not ident:
+        return None
+    pid, created = ident
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - created) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE:
+            return proc
+    except psutil.Error:
+        pass
+    return None
+
+
+def write_state(run_dir, state):
+    tmp = state_path(run_dir) + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, state_path(run_dir))
+
+
+def read_state(run_dir):
+    try:
+        with open(state_path(run_dir)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def live_runner(run_dir):
+    """The psutil.Process of the runner recorded in the run dir, if it still runs."""
+    state = read_state(run_dir)
+    return same_process(state.get("runner")) if state else None
+
+
+def cleanup_stale(run_dir, timeout=10.0):
+    """Shut down what a dead runner left: supervisord (TERM, it stops its replicas),
+    then any recorded replica group still alive (KILL). Returns the pids killed."""
+    state = read_state(run_dir)
+    if not state:
+        return []
+    procs = []
+    sup = same_process(state.get("supervisord"))
+    if sup:
+        procs.append(sup)
+        try:
+            sup.terminate()
+            sup.wait(timeout)
+        except psutil.TimeoutExpired:
+            sup.kill()
+        except psutil.Error:
+            pass
+    killed = []
+    for ident in state.get("replicas", {}).values():
+        proc = same_process(ident)
+        if proc is None:
+            continue
+        try:
+            members = [proc] + proc.children(recursive=True)
+            os.killpg(proc.pid, signal.SIGKILL)  # replica = its own process group
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            members = [proc]
+        for member in members:
+            try:
+                member.kill()
+            except psutil.Error:
+                pass
+            killed.append(member.pid)
+        psutil.wait_procs(members, timeout=timeout)
+    for name in ("supervisor.sock", "control.sock", "state.json"):
+        try:
+            os.unlink(os.path.join(run_dir, name))
+        except FileNotFoundError:
+            pass
+    return killed
+
+
+def bind_listener(host, port, what="proxy"):
+    """Bind the listening socket now, so a port in use is reported before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"{what} port {port} on {host} is not available: {exc.strerror}"
+                         " (choose another with --port)")
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def port_in_use(port, host="127.0.0.1"):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_gone(proc, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+__all__ = ["RuntimeFailure"]

@@ -1,0 +1,602 @@
+"""The controller behind `dashscale start`: owns the formation and wires supervisord,
+the proxy, the memory guard and the control API together on one asyncio loop.
+
+Blocking work (XML-RPC to supervisord, psutil) runs in threads; everything that changes
+the formation runs on the loop, serialised by one lock, so concurrent `scale` calls
+cannot interleave.
+"""
+import asyncio
+import os
+import signal
+import sys
+import time
+
+import psutil
+
+from . import rundir
+from .balancer import Pool
+from .config import number
+from .errors import RuntimeFailure, UsageError
+from .formation import plan_replicas, replica_port, resolve_formation, format_formation
+from .output import LogTail, Printer, last_lines
+from .sizes import format_size
+
+UP_STATES = ("STARTING", "RUNNING")
+GUNICORN_EXIT = {3: "worker failed to boot", 4: "app failed to load"}
+SUPERVISOR_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED",
+                     "FATAL", "UNKNOWN")
+
+
+class Replica:
+    """One replica as the runner sees it; `state` is what `status` shows."""
+
+    def __init__(self, spec, command):
+        self.name, self.type, self.index, self.port = spec.name, spec.type, spec.index, spec.port
+        self.command = command
+        self.state = "STOPPED"
+        self.pid = None
+        self.ready = False
+        self.restarts = 0
+        self.oom_kills = 0
+        self.oomkilled = False   # killed by the guard; shown as OOMKILLED until restarted
+        self.last_exit = None
+        self.memory_bytes = 0
+        self.peak_bytes = 0
+        self.memory_limit = 0
+        self.spawned_at = None
+        self.ready_after = None
+        self.fatal_reported = False
+        self.backoff_reported = None
+        self.probe = None
+        self.restart_timer = None
+        self.crashloop_delay = None
+
+    def as_json(self):
+        return {"name": self.name, "type": self.type, "state": self.state, "pid": self.pid,
+                "port": self.port, "ready": self.ready, "memory_bytes": self.memory_bytes,
+                "peak_memory_bytes": self.peak_bytes, "memory_limit_bytes": self.memory_limit,
+                "restarts": self.restarts, "oom_kills": self.oom_kills,
+                "last_exit": self.last_exit, "command": self.command}
+
+
+class Runner:
+    def __init__(self, project, settings, counts, printer=None):
+        """project: a loaded Project (procfile, env, paths); counts: the formation."""
+        self.project = project
+        self.settings = settings
+        self.counts = counts
+        self.out = printer or Printer()
+        self.run_dir = project.run_dir
+        self.host = settings["host"]
+        self.port = int(settings["port"])
+        self.base_port = int(settings["base_port"])
+        self.replicas = {}
+        self.pool = Pool(settings.get("balance", "round-robin"))
+        self.pool.on_connect_failure = self._reprobe_soon
+        self.lock = None
+        self.stopping = None
+        self.events = []           # recent events for status/dashboard
+        self.limits = project.memory_limits
+        self.guard = None
+        self.proxy = None
+        self.control = None
+        self.sup = None
+        self._tails = {}
+        self.started_at = time.time()
+
+    # -- lifecycle -----------------------------------------------------------
+    def run(self):
+        try:
+            import uvloop
+            uvloop.install()
+        except ImportError:
+            pass
+        return asyncio.run(self.main())
+
+    async def main(self):
+        from .control import ControlServer
+        from .memory import MemoryGuard
+        from .proxy import Proxy
+        from .supervisor import Supervisord
+
+        self.lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        specs = plan_replicas(self.project.type_names, self.counts, self.base_port)
+        for spec in specs:
+            if rundir.port_in_use(spec.port):
+                raise UsageError(f"port {spec.port} for {spec.name} is already in use "
+                                 "(another app? choose --base-port)")
+        listener = rundir.bind_listener(self.host, self.port)
+        if self.host not in ("127.0.0.1", "::1", "localhost"):
+            self.out.system(f"WARNING: the proxy listens on {self.host}: reachable from other "
+                            "machines. Use --host 127.0.0.1 to keep it private.")
+        self.sup = Supervisord(self.run_dir, {
+            "startsecs": int(number(self.settings, "startsecs")),
+            "startretries": int(number(self.settings, "startretries")),
+            "stopwaitsecs": int(number(self.settings, "stop_timeout"))})
+        self.sup.write_config()
+        for name in os.listdir(self.sup.programs_dir):
+            os.unlink(os.path.join(self.sup.programs_dir, name))  # leftovers of a dead run
+        for spec in specs:
+            self._new_replica(spec)
+        self.sup.start()
+        self._save_state()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._signal_stop)
+        try:
+            await asyncio.to_thread(self.sup.wait_up)
+            self._save_state()
+            self.guard = MemoryGuard(
+                interval=number(self.settings, "memory_interval"),
+                metric=self.settings["memory_metric"],
+                before_kill=self._guard_before_kill,
+                on_kill=lambda name, info: loop.call_soon_threadsafe(self._oom_killed, name, info),
+                on_warning=lambda name, info: loop.call_soon_threadsafe(self._memory_warning, name, info))
+            self.guard.start()
+            self.proxy = Proxy(self.pool, listener, self.settings)
+            await self.proxy.start()
+            self.control = ControlServer(rundir.control_socket(self.run_dir), self)
+            await self.control.start()
+            self.out.system(f"starting {format_formation(self.counts)} from {self.project.procfile_path}")
+            await asyncio.to_thread(self._add_and_start, list(self.replicas))
+            tasks = [asyncio.ensure_future(self._monitor()), asyncio.ensure_future(self._tail_logs())]
+            ok = await self._await_startup()
+            if ok:
+                await self.stopping.wait()
+            for t in tasks:
+                t.cancel()
+            return 0 if ok else 1
+        finally:
+            await self._shutdown()
+
+    def _signal_stop(self):
+        if self.stopping.is_set():
+            self.out.system("second interrupt: killing replicas now")
+            self._kill_all_now()
+            os._exit(1)
+        self.out.system("stopping (Ctrl-C again to kill at once)")
+        self.stopping.set()
+
+    async def _shutdown(self):
+        if self.control:
+            await self.control.close()
+        if self.proxy:
+            await self.proxy.close()
+        if self.guard:
+            self.guard.stop()
+        for r in self.replicas.values():
+            for task in (r.probe, r.restart_timer):
+                if task:
+                    task.cancel()
+        if self.sup and self.sup.process:
+            self.out.system("stopping replicas")
+            await asyncio.to_thread(self.sup.shutdown, number(self.settings, "stop_timeout") + 5)
+        self._kill_all_now()
+        for r in self.replicas.values():
+            self._tail_once(r)
+        for name in ("supervisor.sock", "control.sock", "state.json", "supervisord.pid"):
+            try:
+                os.unlink(os.path.join(self.run_dir, name))
+            except FileNotFoundError:
+                pass
+        self.out.system("stopped")
+
+    def _kill_all_now(self):
+        """Anything of ours still alive (a replica that ignored TERM): SIGKILL its group."""
+        for r in self.replicas.values():
+            if r.pid:
+                try:
+                    os.killpg(r.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    # -- replicas ------------------------------------------------------------
+    def _new_replica(self, spec):
+        ptype = self.project.procfile.types[spec.type]
+        r = Replica(spec, ptype.command)
+        r.memory_limit = self.limits[spec.type]
+        self.replicas[r.name] = r
+        env = dict(os.environ)
+        env.update(self.project.env)
+        bin_dir = os.path.dirname(sys.executable)
+        env.update({
+            "PORT": str(spec.port), "DASHSCALE_REPLICA": spec.name, "PYTHONUNBUFFERED": "1",
+            "PATH": bin_dir + os.pathsep + env.get("PATH", os.defpath),
+        })
+        env.update(self.project.extra_env)
+        self.sup.write_program(r.name, r.type, r.command, self._launcher_env(env),
+                               self.project.directory)
+        return r
+
+    def _launcher_env(self, env):
+        # Only what differs from supervisord's own environment (which it inherits
+        # from us) needs exporting; keeps launchers short and secrets out of others.
+        base = os.environ
+        return {k: v for k, v in env.items() if base.get(k) != v and k.isidentifier()}
+
+    def _add_and_start(self, names):
+        for name in names:
+            self.sup.add(name)
+        for name in names:
+            self.replicas[name].spawned_at = time.monotonic()
+            self.sup.start_replica(name)
+
+    async def _await_startup(self):
+        """Wait until every replica answers or has failed; report, then print the URL."""
+        deadline = time.monotonic() + number(self.settings, "ready_timeout")
+        t0 = time.monotonic()
+        while not self.stopping.is_set():
+            pending = [r for r in self.replicas.values() if not r.ready and r.state != "FATAL"
+                       and not r.oomkilled]
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                names = ", ".join(r.name for r in pending)
+                self.out.system(f"still not answering after {time.monotonic() - t0:.0f}s: {names}")
+                break
+            await asyncio.sleep(0.02)
+        if self.stopping.is_set():
+            return True
+        web = [r for r in self.replicas.values() if r.type == "web"]
+        ready = [r for r in web if r.ready]
+        if web and not ready:
+            self.out.system("no web replica could start; stopping")
+            return False
+        if web:
+            self.out.system(f"{len(ready)}/{len(web)} web replicas ready in "
+                            f"{time.monotonic() - t0:.2f}s — open {self.url}")
+        else:
+            self.out.system("no web process type: the proxy answers 503")
+        self._event("start", f"started {format_formation(self.counts)}")
+        return True
+
+    @property
+    def url(self):
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def _monitor(self):
+        """Follow supervisord's view of each replica (pid changes, exits) every 0.2 s."""
+        while True:
+            try:
+                infos = await asyncio.to_thread(self.sup.all_info)
+            except Exception as exc:  # supervisord gone: nothing can run without it
+                if self.sup.process.poll() is not None and not self.stopping.is_set():
+                    self.out.system(f"supervisord died (exit {self.sup.process.returncode}); "
+                                    "killing replicas and stopping")
+                    self._kill_all_now()
+                    self.sup.process = None
+                    self.stopping.set()
+                    return
+                self.out.system(f"supervisord did not answer: {exc}")
+                await asyncio.sleep(0.5)
+                continue
+            changed = False
+            for r in list(self.replicas.values()):
+                info = infos.get(r.name)
+                if info is not None:
+                    changed |= self._update(r, info)
+            if changed:
+                self._save_state()
+            self._update_memory()
+            await asyncio.sleep(0.2)
+
+    def _update(self, r, info):
+        state, pid = info["statename"], info["pid"] or None
+        changed = False
+        if pid and pid != r.pid:
+            if r.pid is not None:
+                r.restarts += 1
+                self._event("restart", f"{r.name} restarted (pid {pid})")
+            r.pid, r.ready, r.oomkilled = pid, False, False
+            r.spawned_at = r.spawned_at or time.monotonic()
+            self.pool.remove(r.name)
+            self._start_probe(r)
+            if self.guard:
+                self.guard.watch(r.name, pid, r.memory_limit)
+            changed = True
+        if state not in UP_STATES and r.ready:
+            r.ready = False
+            self.pool.remove(r.name)
+        if state in ("EXITED", "BACKOFF", "FATAL") and r.state in UP_STATES:
+            code = info.get("exitstatus")
+            reason = GUNICORN_EXIT.get(code, info.get("description") or "")
+            r.last_exit = {"code": code, "reason": reason, "time": info.get("stop") or time.time()}
+            self._event("crash", f"{r.name} exited with code {code} {reason}".strip())
+            if state == "EXITED":
+                self.out.system(f"{r.name} exited with code {code}; supervisord restarts it")
+        if state == "BACKOFF" and r.backoff_reported != r.pid:
+            r.backoff_reported = r.pid
+            self.out.system(f"{r.name} exited while starting ({info.get('description')}); retrying")
+        if state == "FATAL" and not r.fatal_reported:
+            r.fatal_reported = True
+            self._report_failure(r, info)
+        if state in UP_STATES:
+            r.fatal_reported = False
+        if r.oomkilled and state not in UP_STATES:
+            state = "OOMKILLED"
+        r.state = state
+        return changed
+
+    def _report_failure(self, r, info):
+        code = info.get("exitstatus")
+        why = GUNICORN_EXIT.get(code, info.get("description", ""))
+        self.out.system(f"{r.name} FAILED to start (exit {code}: {why}); last lines of "
+                        f"{self.sup.log_path(r.name)}:")
+        for line in last_lines(self.sup.log_path(r.name), 12):
+            self.out.system(f"    {line}")
+        self._event("fatal", f"{r.name} failed to start (exit {code})")
+
+    def _start_probe(self, r):
+        if r.probe and not r.probe.done():
+            r.probe.cancel()
+        r.probe = asyncio.ensure_future(self._probe(r, r.pid))
+
+    def _reprobe_soon(self, name):
+        r = self.replicas.get(name)
+        if r is not None and r.pid and (r.probe is None or r.probe.done()):
+            r.ready = False
+            r.probe = asyncio.ensure_future(self._probe(r, r.pid, backoff=True))
+
+    async def _probe(self, r, pid, backoff=False):
+        """Ready = answers an HTTP request on its port (startsecs is only a timer)."""
+        delay = 0.02
+        while r.pid == pid and not self.stopping.is_set():
+            status = await http_probe("127.0.0.1", r.port, timeout=30.0)
+            if r.pid != pid:
+                return
+            if status is not None:
+                r.ready = True
+                if r.ready_after is None and r.spawned_at:
+                    r.ready_after = time.monotonic() - r.spawned_at
+                    self.out.system(f"{r.name} ready on 127.0.0.1:{r.port} "
+                                    f"(pid {pid}, {r.ready_after:.2f}s)")
+                else:
+                    self.out.system(f"{r.name} back in rotation (pid {pid})")
+                if r.type == "web":
+                    self.pool.add(r.name, "127.0.0.1", r.port)
+                return
+            await asyncio.sleep(delay)
+            if backoff:
+                delay = min(delay * 2, 2.0)
+
+    # -- memory --------------------------------------------------------------
+    def _update_memory(self):
+        snap = self.guard.snapshot() if self.guard else {}
+        for r in self.replicas.values():
+            m = snap.get(r.name)
+            if m and r.pid == m.get("pid") and r.state in UP_STATES:
+                r.memory_bytes = m["memory_bytes"]
+                r.peak_bytes = max(r.peak_bytes, m.get("peak_bytes", 0))
+            elif r.state not in UP_STATES:
+                r.memory_bytes = 0
+
+    def _guard_before_kill(self, name):
+        # Tell supervisord this exit is a stop, so it does not restart the replica
+        # behind the guard's back; the guard SIGKILLs the group right after.
+        self.sup.stop_replica(name, wait=False)
+
+    def _oom_killed(self, name, info):
+        r = self.replicas.get(name)
+        if r is None:
+            return
+        r.oomkilled = True
+        r.ready = False
+        r.oom_kills += 1
+        r.state = "OOMKILLED"
+        r.peak_bytes = max(r.peak_bytes, info.get("peak_bytes", 0))
+        r.last_exit = {"code": 137, "reason": "OOMKilled", "time": info.get("time", time.time()),
+                       "peak_bytes": info.get("peak_bytes"), "limit_bytes": r.memory_limit}
+        self.pool.remove(name)
+        policy = self.settings["on_limit"]
+        self.out.system(f"!!! {name} OOMKilled: {info.get('metric', 'memory')} "
+                        f"{format_size(info.get('memory_bytes', 0))} reached its limit "
+                        f"{format_size(r.memory_limit)} (exit 137); "
+                        + ("it stays down until `dashscale restart " + name + "`"
+                           if policy == "stop" else "restarting with back-off"))
+        self._event("oomkill", f"{name} OOMKilled at {format_size(info.get('memory_bytes', 0))}")
+        if policy == "restart":
+            self._schedule_crashloop_restart(r)
+
+    def _memory_warning(self, name, info):
+        r = self.replicas.get(name)
+        if r:
+            self.out.system(f"{name} uses {format_size(info.get('memory_bytes', 0))}: over 80% "
+                            f"of its {format_size(r.memory_limit)} limit")
+            self._event("memory", f"{name} passed 80% of its memory limit")
+
+    def _schedule_crashloop_restart(self, r):
+        """Kubernetes CrashLoopBackOff: 10 s, doubling to 300 s, reset after 10 min up."""
+        initial = number(self.settings, "backoff_initial")
+        cap = number(self.settings, "backoff_max")
+        reset = number(self.settings, "backoff_reset")
+        healthy_for = time.monotonic() - (r.spawned_at or 0)
+        if r.crashloop_delay is None or healthy_for >= reset:
+            r.crashloop_delay = initial
+        else:
+            r.crashloop_delay = min(r.crashloop_delay * 2, cap)
+        delay = r.crashloop_delay
+
+        async def later():
+            await asyncio.sleep(delay)
+            async with self.lock:
+                if r.name in self.replicas and r.oomkilled:
+                    await asyncio.to_thread(self._restart_now, r.name)
+
+        self.out.system(f"{r.name} restarts in {delay:g}s (back-off)")
+        r.restart_timer = asyncio.ensure_future(later())
+
+    # -- live changes (control API) -------------------------------------------
+    def _restart_now(self, name):
+        r = self.replicas[name]
+        r.spawned_at = time.monotonic()
+        self.pool.remove(name)
+        self.sup.stop_replica(name)
+        r.oomkilled = False
+        self.sup.start_replica(name)
+
+    async def restart(self, target=None, rolling=False):
+        async with self.lock:
+            names = self._select(target)
+            for name in names:
+                r = self.replicas[name]
+                if r.restart_timer:
+                    r.restart_timer.cancel()
+                if rolling and r.type == "web":
+                    await self.pool.drain(name, number(self.settings, "stop_timeout"))
+                await asyncio.to_thread(self._restart_now, name)
+                if rolling:
+                    await self._wait_ready(r, number(self.settings, "ready_timeout"))
+            self._event("restart", f"restarted {', '.join(names)}")
+            return names
+
+    def _select(self, target):
+        if not target or target == "all":
+            return sorted(self.replicas, key=_order_key)
+        if target in self.replicas:
+            return [target]
+        names = [n for n, r in self.replicas.items() if r.type == target]
+        if not names:
+            raise UsageError(f"no replica or process type named '{target}' "
+                             f"(running: {', '.join(sorted(self.replicas, key=_order_key))})")
+        return sorted(names, key=_order_key)
+
+    async def _wait_ready(self, r, timeout):
+        deadline = time.monotonic() + timeout
+        pid = r.pid
+        while time.monotonic() < deadline:
+            if r.ready and r.pid != pid or (r.ready and pid is None):
+                return True
+            if r.ready and r.pid == pid and r.state == "RUNNING" and r.spawned_at and \
+                    time.monotonic() - r.spawned_at > 0.5:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def scale(self, spec):
+        async with self.lock:
+            counts = resolve_formation(self.project.type_names, self.counts, spec,
+                                       pod_limit=int(self.settings["pod_limit"]),
+                                       max_per_type=int(self.settings["max_replicas_per_type"]))
+            for type_ in self.project.type_names:
+                have = sorted((r for r in self.replicas.values() if r.type == type_),
+                              key=lambda r: r.index)
+                want = counts.get(type_, 0)
+                if want > len(have):
+                    await self._add_replicas(type_, want - len(have))
+                elif want < len(have):
+                    await asyncio.gather(*(self._remove_replica(r) for r in have[want:]))
+            self.counts = counts
+            self.project.save_formation(counts)
+            self._event("scale", f"scaled to {format_formation(counts)}")
+            self.out.system(f"formation is now {format_formation(counts)}")
+            self._save_state()
+            return counts
+
+    async def _add_replicas(self, type_, n):
+        used = {r.index for r in self.replicas.values() if r.type == type_}
+        position = self.project.type_names.index(type_)
+        new = []
+        index = 1
+        while len(new) < n:
+            if index not in used:
+                port = replica_port(position, index, self.base_port)
+                if rundir.port_in_use(port):
+                    raise RuntimeFailure(f"port {port} for {type_}.{index} is in use")
+                from .formation import ReplicaSpec
+                new.append(self._new_replica(ReplicaSpec(f"{type_}.{index}", type_, index, port)))
+            index += 1
+        await asyncio.to_thread(self._add_and_start, [r.name for r in new])
+
+    async def _remove_replica(self, r):
+        grace = number(self.settings, "stop_timeout")
+        await self.pool.drain(r.name, grace)
+        if self.guard:
+            self.guard.unwatch(r.name)
+        if r.probe:
+            r.probe.cancel()
+        await asyncio.to_thread(self.sup.remove, r.name)
+        self.pool.forget(r.name)
+        self.replicas.pop(r.name, None)
+        self._tails.pop(r.name, None)
+
+    async def stop(self):
+        self.stopping.set()
+
+    # -- status ----------------------------------------------------------------
+    def status(self):
+        replicas = [r.as_json() for r in sorted(self.replicas.values(), key=lambda r: _order_key(r.name))]
+        stats = self.pool.stats()
+        for item in replicas:
+            item["proxy"] = stats.get(item["name"], {"inflight": 0, "served": 0, "errors": 0})
+        return {
+            "proxy": {"url": self.url, "port": self.port, "host": self.host,
+                      "balance": self.pool.policy},
+            "procfile": self.project.procfile_path,
+            "formation": dict(self.counts),
+            "runner_pid": os.getpid(),
+            "supervisord_pid": self.sup.process.pid if self.sup and self.sup.process else None,
+            "replicas": replicas,
+            "memory": {"total_bytes": sum(r.memory_bytes for r in self.replicas.values()),
+                       "max_bytes": sum(r.memory_limit for r in self.replicas.values()),
+                       "metric": self.settings["memory_metric"],
+                       "on_limit": self.settings["on_limit"]},
+            "events": self.events[-50:],
+        }
+
+    def _event(self, kind, message):
+        self.events.append({"time": time.time(), "kind": kind, "message": message})
+        del self.events[:-200]
+
+    def _save_state(self):
+        state = {
+            "runner": rundir.identity(os.getpid()),
+            "supervisord": rundir.identity(self.sup.process.pid) if self.sup and self.sup.process else None,
+            "replicas": {r.name: rundir.identity(r.pid) for r in self.replicas.values() if r.pid},
+            "procfile": self.project.procfile_path,
+            "proxy": {"host": self.host, "port": self.port},
+            "formation": self.counts,
+        }
+        state["replicas"] = {k: v for k, v in state["replicas"].items() if v}
+        rundir.write_state(self.run_dir, state)
+
+    # -- logs ----------------------------------------------------------------
+    async def _tail_logs(self):
+        while True:
+            for r in list(self.replicas.values()):
+                self._tail_once(r)
+            await asyncio.sleep(0.1)
+
+    def _tail_once(self, r):
+        tail = self._tails.get(r.name)
+        if tail is None:
+            tail = self._tails[r.name] = LogTail(self.sup.log_path(r.name), from_start=True)
+        for line in tail.read_lines():
+            self.out.line(r.name, line)
+
+
+def _order_key(name):
+    type_, _, index = name.rpartition(".")
+    return (type_, int(index) if index.isdigit() else 0)
+
+
+async def http_probe(host, port, timeout):
+    """The status code of `GET /` on the replica, or None if it does not answer."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return None
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: dashscale-probe\r\n"
+                     b"Connection: close\r\n\r\n" % (host.encode(), port))
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1].isdigit():
+            return int(parts[1])
+        return None
+    except (OSError, asyncio.TimeoutError):
+        return None
+    finally:
+        writer.close()

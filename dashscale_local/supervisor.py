@@ -1,0 +1,244 @@
+"""supervisord as a child process, driven over XML-RPC on a private unix socket.
+
+One program group per replica (a file each under .dashscale/programs/), so a replica
+can be added or removed without supervisord touching the others. Each replica runs a
+generated launcher script that exports its environment and execs the Procfile command,
+so .env values never appear in supervisord's config or on a command line.
+"""
+import ctypes
+import getpass
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import xmlrpc.client
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from .config import packaged_text
+from .errors import RuntimeFailure
+
+# supervisor fault codes we expect in normal operation.
+BAD_NAME = 10
+NOT_RUNNING = 70
+ALREADY_STARTED = 60
+ALREADY_ADDED = 90
+STILL_RUNNING = 91
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """In the child: get SIGTERM when the runner dies, so even `kill -9` of the
+    runner makes supervisord stop the replicas instead of orphaning them."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: stale-run cleanup still catches orphans
+
+
+def _is_compound(command):
+    """True when the command needs a shell of its own (so `exec` must not prefix it)."""
+    try:
+        lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+        return any(tok and set(tok) <= set(";&|()<>") and tok not in ("<", ">", ">>")
+                   for tok in lexer)
+    except ValueError:
+        return True
+
+
+def _gunicorn_args(command):
+    """argv after the gunicorn program, or None when the command is not gunicorn."""
+    if _is_compound(command):
+        return None
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return None
+    while argv and "=" in argv[0] and not argv[0].startswith("-"):
+        argv = argv[1:]  # leading VAR=value assignments
+    if not argv:
+        return None
+    prog = os.path.basename(argv[0])
+    if prog == "gunicorn":
+        return argv[1:]
+    if prog.startswith("python") and argv[1:3] == ["-m", "gunicorn"]:
+        return argv[3:]
+    return None
+
+
+def has_bind(args):
+    return any(a in ("-b", "--bind") or a.startswith("--bind=") or
+               (a.startswith("-b") and not a.startswith("--")) for a in args)
+
+
+def replica_command(command, host="127.0.0.1"):
+    """The Procfile command as a replica runs it: gunicorn without a bind gets one on
+    loopback (with PORT set and no --bind, gunicorn would listen on 0.0.0.0)."""
+    args = _gunicorn_args(command)
+    if args is not None and not has_bind(args):
+        return f"{command} --bind {host}:$PORT"
+    return command
+
+
+def launcher_script(name, command, env):
+    lines = [f"# dashscale launcher for {name}; generated, do not edit"]
+    for key, value in env.items():
+        lines.append(f"export {key}={shlex.quote(str(value))}")
+    command = replica_command(command)
+    lines.append(command if _is_compound(command) else f"exec {command}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_private(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def _escape(value):
+    return str(value).replace("%", "%%")  # supervisor expands %(name)s in values
+
+
+class Supervisord:
+    """A supervisord child process plus a thread-safe XML-RPC client for it."""
+
+    def __init__(self, run_dir, program_settings):
+        self.run_dir = run_dir
+        self.socket = os.path.join(run_dir, "supervisor.sock")
+        self.conf = os.path.join(run_dir, "supervisord.conf")
+        self.programs_dir = os.path.join(run_dir, "programs")
+        self.launch_dir = os.path.join(run_dir, "launch")
+        self.settings = program_settings  # startsecs, startretries, stopwaitsecs
+        self.process = None
+        self._local = threading.local()
+
+    # -- files ---------------------------------------------------------------
+    def write_config(self):
+        for d in (self.programs_dir, self.launch_dir, os.path.join(self.run_dir, "logs")):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        text = packaged_text("supervisord.conf.tmpl").format(
+            socket=_escape(self.socket), run_dir=_escape(self.run_dir),
+            user=_escape(getpass.getuser()))
+        _write_private(self.conf, text)
+
+    def log_path(self, name):
+        return os.path.join(self.run_dir, "logs", f"{name}.log")
+
+    def write_program(self, name, type_, command, env, directory):
+        launcher = os.path.join(self.launch_dir, f"{name}.sh")
+        _write_private(launcher, launcher_script(name, command, env))
+        text = packaged_text("program.conf.tmpl").format(
+            name=name, type=type_, launcher=shlex.quote(_escape(launcher)),
+            directory=_escape(directory), run_dir=_escape(self.run_dir),
+            **{k: _escape(v) for k, v in self.settings.items()})
+        _write_private(os.path.join(self.programs_dir, f"{name}.conf"), text)
+
+    def remove_program_file(self, name):
+        for path in (os.path.join(self.programs_dir, f"{name}.conf"),
+                     os.path.join(self.launch_dir, f"{name}.sh")):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    # -- process -------------------------------------------------------------
+    def start(self):
+        out = open(os.path.join(self.run_dir, "logs", "supervisord.out"), "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.supervisord", "-c", self.conf],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            cwd=self.run_dir, preexec_fn=_die_with_parent)
+        out.close()
+
+    def wait_up(self, timeout=15.0):
+        """Poll until the RPC answers. A ServerProxy whose first call failed keeps
+        failing, so each try builds a fresh one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeFailure(
+                    f"supervisord exited with code {self.process.returncode}; see "
+                    f"{os.path.join(self.run_dir, 'logs', 'supervisord.out')}")
+            self._local.proxy = None
+            try:
+                if self.rpc().supervisor.getState()["statename"] == "RUNNING":
+                    return
+            except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeFailure("supervisord did not answer on its socket in time")
+            time.sleep(0.01)
+
+    def rpc(self):
+        """A ServerProxy for this thread (xmlrpc proxies are not thread-safe)."""
+        proxy = getattr(self._local, "proxy", None)
+        if proxy is None:
+            transport = SupervisorTransport(None, None, "unix://" + self.socket)
+            proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+            self._local.proxy = proxy
+        return proxy
+
+    def call(self, method, *args):
+        """Call supervisor.<method>; a broken connection gets one fresh retry."""
+        for attempt in (0, 1):
+            try:
+                return getattr(self.rpc().supervisor, method)(*args)
+            except (OSError, xmlrpc.client.ProtocolError):
+                self._local.proxy = None
+                if attempt:
+                    raise
+
+    # -- replicas ------------------------------------------------------------
+    def add(self, name):
+        """Make supervisord read the new program file and create its group."""
+        self.call("reloadConfig")
+        try:
+            self.call("addProcessGroup", name)
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode != ALREADY_ADDED:
+                raise
+
+    def start_replica(self, name):
+        try:
+            self.call("startProcess", name, False)  # no wait: readiness is ours
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode != ALREADY_STARTED:
+                raise
+
+    def stop_replica(self, name, wait=True):
+        try:
+            self.call("stopProcess", name, wait)
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode not in (NOT_RUNNING, BAD_NAME):
+                raise
+
+    def remove(self, name):
+        self.stop_replica(name)
+        try:
+            self.call("removeProcessGroup", name)
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode != BAD_NAME:
+                raise
+        self.remove_program_file(name)
+
+    def all_info(self):
+        return {info["name"]: info for info in self.call("getAllProcessInfo")}
+
+    def shutdown(self, timeout):
+        """Stop every replica (TERM to its group, KILL after stopwaitsecs), then exit."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            self.call("shutdown")
+        except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
