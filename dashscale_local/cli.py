@@ -155,9 +155,10 @@ def stop(procfile, timeout):
     runner_proc = rundir.live_runner(run_dir)
     if runner_proc is None:
         killed = rundir.cleanup_stale(run_dir)
-        if killed:
-            click.echo(f"cleaned up a run whose runner had died: killed pids "
-                       f"{', '.join(map(str, killed))}")
+        if killed is not None:
+            click.echo("cleaned up after a runner that had died"
+                       + (f": stopped pids {', '.join(map(str, killed))}" if killed else
+                          " (its processes had already exited)"))
             return
         raise UsageError("no dashscale is running here", file=run_dir)
     try:

@@ -88,14 +88,17 @@ def live_runner(run_dir):
 
 def cleanup_stale(run_dir, timeout=10.0):
     """Shut down what a dead runner left: supervisord (TERM, it stops its replicas),
-    then any recorded replica group still alive (KILL). Returns the pids killed."""
+    then any recorded replica group still alive (KILL). Returns the pids killed, or
+    None when there was no record of a run at all."""
     state = read_state(run_dir)
     if not state:
-        return []
+        return None
     procs = []
+    killed = []
     sup = same_process(state.get("supervisord"))
     if sup:
         procs.append(sup)
+        killed.append(sup.pid)
         try:
             sup.terminate()
             sup.wait(timeout)
@@ -103,7 +106,6 @@ def cleanup_stale(run_dir, timeout=10.0):
             sup.kill()
         except psutil.Error:
             pass
-    killed = []
     for ident in state.get("replicas", {}).values():
         proc = same_process(ident)
         if proc is None:

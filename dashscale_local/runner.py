@@ -205,6 +205,11 @@ class Runner:
             "PORT": str(spec.port), "DASHSCALE_REPLICA": spec.name, "PYTHONUNBUFFERED": "1",
             "PATH": bin_dir + os.pathsep + env.get("PATH", os.defpath),
         })
+        # A private runtime dir per replica: gunicorn ≥24 puts its control socket in
+        # $XDG_RUNTIME_DIR (else ~/.gunicorn, shared by all replicas and clashing).
+        runtime_dir = os.path.join(self.run_dir, "rt", spec.name)
+        os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+        env["XDG_RUNTIME_DIR"] = runtime_dir
         env.update(self.project.extra_env)
         self.sup.write_program(r.name, r.type, r.command, self._launcher_env(env),
                                self.project.directory)
@@ -248,7 +253,7 @@ class Runner:
             self.out.system(f"{len(ready)}/{len(web)} web replicas ready in "
                             f"{time.monotonic() - t0:.2f}s — open {self.url}")
         else:
-            self.out.system("no web process type: the proxy answers 503")
+            self.out.system(f"no web replicas: {self.url} answers 503")
         self._event("start", f"started {format_formation(self.counts)}")
         return True
 
@@ -293,10 +298,20 @@ class Runner:
             r.pid, r.ready, r.oomkilled = pid, False, False
             r.spawned_at = r.spawned_at or time.monotonic()
             self.pool.remove(r.name)
-            self._start_probe(r)
+            if r.type == "web":
+                self._start_probe(r)
             if self.guard:
-                self.guard.watch(r.name, pid, r.memory_limit)
+                try:
+                    self.guard.watch(r.name, pid, r.memory_limit)
+                except ProcessLookupError:
+                    pass  # already gone; the next poll sees its successor
             changed = True
+        if r.type != "web" and r.ready != (state == "RUNNING"):
+            # Only web replicas serve HTTP; the others are ready once supervisord
+            # has seen them stay up for startsecs.
+            r.ready = state == "RUNNING"
+            if r.ready:
+                self.out.system(f"{r.name} running (pid {pid})")
         if state not in UP_STATES and r.ready:
             r.ready = False
             self.pool.remove(r.name)
@@ -527,6 +542,7 @@ class Runner:
 
     # -- status ----------------------------------------------------------------
     def status(self):
+        self._update_memory()
         replicas = [r.as_json() for r in sorted(self.replicas.values(), key=lambda r: _order_key(r.name))]
         stats = self.pool.stats()
         for item in replicas:

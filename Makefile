@@ -1,0 +1,40 @@
+# Two entry points: `make demo` and `make test`. Both create the venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8050
+# Debian packages the tests and benchmarks use (real servers and a real browser).
+DEBIAN_PACKAGES := redis-server postgresql chromium chromium-driver nginx-light wrk
+
+.PHONY: demo test test-fast bench system-deps clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Installs the Debian packages when missing (needs root or sudo; CI runs as root).
+system-deps:
+	@missing=""; \
+	for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: $(BIN)/.installed
+	$(BIN)/dashscale start -m web=4 --port $(PORT)
+
+test: $(BIN)/.installed system-deps
+	$(BIN)/python -m pytest -q
+
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+bench: $(BIN)/.installed system-deps
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .dashscale

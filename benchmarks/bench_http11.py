@@ -1,0 +1,135 @@
+"""Micro-benchmark of the proxy's sans-IO HTTP layer: requests parsed + rebuilt per second.
+
+Run: python benchmarks/bench_http11.py  [seconds-per-case, default 1.0]
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from dashscale_local.http11 import (  # noqa: E402
+    END,
+    Request,
+    RequestParser,
+    ResponseParser,
+    build_client_response_head,
+    build_upstream_request,
+)
+
+BROWSER_GET = (
+    b"GET /_dash-layout HTTP/1.1\r\n"
+    b"Host: 127.0.0.1:8050\r\n"
+    b"Connection: keep-alive\r\n"
+    b'sec-ch-ua: "Chromium";v="124", "Google Chrome";v="124", "Not-A.Brand";v="99"\r\n'
+    b"Accept: application/json\r\n"
+    b"sec-ch-ua-mobile: ?0\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/124.0.0.0 Safari/537.36\r\n"
+    b'sec-ch-ua-platform: "Linux"\r\n'
+    b"Sec-Fetch-Site: same-origin\r\n"
+    b"Sec-Fetch-Mode: cors\r\n"
+    b"Sec-Fetch-Dest: empty\r\n"
+    b"Referer: http://127.0.0.1:8050/\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    b"Accept-Language: en-US,en;q=0.9\r\n"
+    b"Cookie: _ga=GA1.1.123456789.1700000000; session=eyJhbGciOiJIUzI1NiJ9.abc.def\r\n"
+    b"\r\n"
+)
+
+_BODY = (
+    b'{"output":"..graph.figure...text.children..","outputs":[{"id":"graph","property":'
+    b'"figure"},{"id":"text","property":"children"}],"inputs":[{"id":"dropdown","property":'
+    b'"value","value":"NYC"}],"changedPropIds":["dropdown.value"],"state":[]}'
+)
+DASH_POST = (
+    b"POST /_dash-update-component HTTP/1.1\r\n"
+    b"Host: 127.0.0.1:8050\r\n"
+    b"Connection: keep-alive\r\n"
+    b"Content-Length: %d\r\n"
+    b'sec-ch-ua: "Chromium";v="124", "Google Chrome";v="124", "Not-A.Brand";v="99"\r\n'
+    b"sec-ch-ua-platform: \"Linux\"\r\n"
+    b"sec-ch-ua-mobile: ?0\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/124.0.0.0 Safari/537.36\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Accept: application/json\r\n"
+    b"X-CSRFToken: undefined\r\n"
+    b"Origin: http://127.0.0.1:8050\r\n"
+    b"Sec-Fetch-Site: same-origin\r\n"
+    b"Sec-Fetch-Mode: cors\r\n"
+    b"Sec-Fetch-Dest: empty\r\n"
+    b"Referer: http://127.0.0.1:8050/\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    b"Accept-Language: en-US,en;q=0.9\r\n"
+    b"\r\n" % len(_BODY)
+) + _BODY
+
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Server: gunicorn\r\n"
+    b"Date: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
+    b"Connection: close\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Content-Length: 52\r\n"
+    b"\r\n" + b'{"multi":true,"response":{"text":{"children":"NYC"}}}'[:52]
+)
+
+
+def parse_and_rebuild(raw: bytes, seconds: float) -> float:
+    parser = RequestParser()  # one keep-alive connection carrying every request
+    feed = parser.feed
+    n = 0
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while True:
+        for _ in range(1000):
+            for ev in feed(raw):
+                if ev.__class__ is Request:
+                    build_upstream_request(ev, "127.0.0.1")
+        n += 1000
+        if time.perf_counter() >= deadline:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def full_exchange(raw: bytes, seconds: float) -> float:
+    """Request parse + rebuild + upstream response parse + client head rebuild."""
+    parser = RequestParser()
+    n = 0
+    extra = ((b"X-Dashscale-Replica", b"web.1"),)
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while True:
+        for _ in range(1000):
+            for ev in parser.feed(raw):
+                if ev.__class__ is Request:
+                    req = ev
+                    build_upstream_request(req, "127.0.0.1")
+            rp = ResponseParser(req.method)
+            for ev in rp.feed(RESPONSE):
+                if ev is END:
+                    break
+                if not isinstance(ev, bytes):
+                    build_client_response_head(ev, keep_alive=req.keep_alive, extra_headers=extra)
+        n += 1000
+        if time.perf_counter() >= deadline:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
+    for name, raw in (("browser GET", BROWSER_GET), ("Dash callback POST", DASH_POST)):
+        rate = parse_and_rebuild(raw, seconds)
+        print(f"{name:20s} ({len(raw):4d} B) parse+rebuild: {rate:10,.0f} req/s "
+              f"({1e6 / rate:.2f} us/req)")
+    for name, raw in (("browser GET", BROWSER_GET), ("Dash callback POST", DASH_POST)):
+        rate = full_exchange(raw, seconds)
+        print(f"{name:20s} full exchange (req+resp heads): {rate:10,.0f} req/s "
+              f"({1e6 / rate:.2f} us/req)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1303 @@
+"""Sans-IO HTTP/1.1 protocol layer for the dashscale proxy (no sockets, no asyncio).
+
+The proxy feeds bytes in and gets events / bytes out, as with h11.  Parsing of request
+and response heads is done by llhttp (through ``httptools``) in its default, strict mode;
+this module adds the framing and the checks llhttp leaves out (see "Decisions" below).
+
+Client side
+-----------
+``RequestParser(max_request_line=8192, max_header_bytes=65536, max_headers=100,
+max_body=64 MiB, max_chunk_line=4096)``
+
+* ``feed(data: bytes) -> list`` returns the events completed by ``data``, in order, for
+  any number of pipelined requests:
+
+  - a :class:`Request` once its head is complete (method, target, http_version,
+    headers, host, keep_alive, upgrade, content_length, chunked, expect_continue, ...);
+  - ``bytes`` objects: body data, already de-chunked (never empty);
+  - :data:`END` (the :class:`EndOfMessage` singleton) when the request is complete.
+
+  It raises :class:`ProtocolError` (``.status``, ``.reason``) for a bad request; the
+  events parsed before the error in the same call are in ``exc.events``.  Once an error
+  was raised every later ``feed`` raises it again: answer with
+  ``error_response(exc.status, exc.reason)`` and close.
+* After a request with ``keep_alive == False`` the parser ignores any further bytes
+  (RFC 9112 §9.6: requests after ``Connection: close`` are not processed).
+* After a WebSocket upgrade request (``req.upgrade``) the parser stops parsing: bytes
+  that followed the head, and any bytes fed afterwards, accumulate in
+  ``parser.trailing_data`` (send them upstream once the replica answered 101).
+* ``feed_eof() -> list``: the client half-closed.  Returns ``[]`` between requests,
+  raises ``ProtocolError(400)`` inside a request.
+* ``CONTINUE_100``: the interim response to send when ``req.expect_continue`` and the
+  body has not been received yet (the proxy buffers bodies, so it answers itself and
+  does not forward ``Expect``).
+
+Upstream side
+-------------
+``build_upstream_request(req, client_ip, proto="http", via="1.1 dashscale", *,
+keep_alive=False, body_length=None, default_host=b"localhost") -> bytes`` rebuilds the
+request head from parsed values (see its docstring for the framing rules).
+
+``ResponseParser(request_method=b"GET", max_header_bytes=65536)``: ``feed(data)`` →
+events :class:`Response` (status, reason, http_version, headers, framing,
+content_length, keep_alive, upgrade), ``bytes`` body chunks (de-chunked), :data:`END`.
+``feed_eof()`` → ``[END]`` for a read-until-close body, raises
+``ProtocolError(502)`` for a truncated one.  Interim 1xx responses (100, 102, 103) are
+consumed silently; a 101 ends parsing (leftover bytes in ``trailing_data``).
+Any upstream protocol violation raises ``ProtocolError(502, ...)``.
+
+``build_client_response_head(resp, *, keep_alive, client_version="1.1",
+extra_headers=((b"X-Dashscale-Replica", b"web.2"),)) -> (head: bytes, chunked: bool,
+keep_alive: bool)``: the head to send to the client.  If ``chunked`` is true, send
+every body chunk as ``encode_chunk(data)`` and finish with ``LAST_CHUNK``; otherwise
+send body bytes as they are.  When the returned ``keep_alive`` is false, close the
+client connection after the body (that is what delimits it for read-until-close
+bodies towards HTTP/1.0 clients).
+
+``encode_chunk(data) -> bytes`` (``b""`` for empty data), ``LAST_CHUNK``,
+``error_response(status, reason_text=None, retry_after=None) -> bytes`` (plain text,
+``Connection: close``).
+
+Decisions (RFC 9110 / 9112)
+---------------------------
+* Line endings: CRLF only.  A bare LF or bare CR anywhere in a head, chunk line or
+  trailer section → 400 (llhttp strict rejects them too; RFC 9112 §2.2 makes accepting
+  a lone LF optional).  Empty lines before a request line are skipped (§2.2).
+* Request line: exactly ``method SP target SP version``; extra spaces → 400.  Versions
+  ``HTTP/1.0`` and ``HTTP/1.1`` only; any other ``HTTP/d.d`` → 505; anything else
+  (including HTTP/0.9 request lines) → 400.  Longer than ``max_request_line`` → 414.
+* Methods: a non-token → 400; GET HEAD POST PUT DELETE OPTIONS PATCH are supported;
+  any other token (CONNECT, TRACE, WebDAV, lowercase ``get`` ...) → 501.
+* Targets: origin-form (``/...``), ``*`` (OPTIONS only), absolute-form ``http(s)://``.
+  A ``#`` fragment, userinfo, empty authority, authority-form → 400.  Absolute-form is
+  normalised to origin-form for forwarding (``req.target``; ``req.raw_target`` keeps
+  the original) and its authority must equal the Host header (case-insensitive),
+  otherwise 400.
+* Host: exactly one in HTTP/1.1, at most one in HTTP/1.0, characters of
+  ``uri-host [":" port]`` only, else 400.  An empty Host is accepted (RFC 9110 §7.2).
+* Fields: names must be tokens with no whitespace before the colon; no obs-fold; no
+  control bytes (NUL, CTLs except HTAB, DEL) in values; obs-text (0x80-0xFF) is allowed
+  in values.  Leading/trailing OWS is stripped from values.  Names are delivered and
+  forwarded lower-cased.  More than ``max_headers`` fields, or a header section (field
+  lines + final CRLF) larger than ``max_header_bytes`` → 431.
+* Content-Length: 1*DIGIT only (no sign, hex, list, inner space); any duplicate —
+  even identical (``3, 3`` or two ``3`` lines) — → 400 (RFC 9110 §8.6 allows either
+  rejecting or merging; we reject).  Values above 2**64 → 400 (overflow), above
+  ``max_body`` → 413 before any body byte is read.
+* Transfer-Encoding: forbidden in HTTP/1.0 (400); with Content-Length → 400; the
+  combined list must end with ``chunked`` and contain it only once (else 400, covering
+  ``identity``, ``xchunked``, ``chunked, gzip``, ``chunked`` + ``identity`` lines,
+  ``"chunked"``, ``chunked;q=1``); empty list elements → 400; a valid coding before a
+  final ``chunked`` (``gzip, chunked``) → 501 (we implement no transfer codings).
+* Chunked bodies: chunk size 1*HEXDIG with no whitespace, more than 16 significant hex
+  digits → 400 (overflow); running total above ``max_body`` → 413 as soon as the size
+  line is read; chunk extensions must match ``*( ";" token [ "=" ( token /
+  quoted-string ) ] )`` without whitespace (else 400); chunk-size line longer than
+  ``max_chunk_line`` → 400; data must be followed by CRLF; trailer fields are validated
+  like header fields (Content-Length in trailers → 400), limited by
+  ``max_header_bytes`` (431) and dropped (never forwarded).  llhttp is fed the same
+  chunked bytes as a cross-check and must agree on where the message ends.
+* Upgrade: ``req.upgrade`` is true only for ``GET``, HTTP/1.1, ``Connection`` listing
+  ``upgrade`` and ``Upgrade`` naming ``websocket`` first; such a request must not have a
+  body (400).  Other upgrade requests (h2c ...) are served as plain requests with the
+  Upgrade header stripped (RFC 9110 §7.8 lets a server ignore Upgrade); if such a
+  request also has a chunked body → 400.
+* Expect: ``100-continue`` (HTTP/1.1 only) sets ``req.expect_continue``; any other
+  expectation → 417; ``Expect`` is ignored for HTTP/1.0 and never forwarded.
+* keep-alive: HTTP/1.1 unless ``Connection: close``; HTTP/1.0 only with
+  ``Connection: keep-alive``.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+
+from httptools import HttpRequestParser, HttpResponseParser
+from httptools.parser.errors import HttpParserError, HttpParserUpgrade
+
+__all__ = [
+    "ProtocolError",
+    "Request",
+    "Response",
+    "EndOfMessage",
+    "END",
+    "RequestParser",
+    "ResponseParser",
+    "build_upstream_request",
+    "build_client_response_head",
+    "encode_chunk",
+    "LAST_CHUNK",
+    "CONTINUE_100",
+    "error_response",
+    "FRAMING_NONE",
+    "FRAMING_LENGTH",
+    "FRAMING_CHUNKED",
+    "FRAMING_CLOSE",
+]
+
+MiB = 1024 * 1024
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+FRAMING_NONE = "none"  # no body (HEAD, 1xx, 204, 304)
+FRAMING_LENGTH = "length"  # Content-Length
+FRAMING_CHUNKED = "chunked"  # Transfer-Encoding: chunked
+FRAMING_CLOSE = "close"  # body runs until the upstream closes
+
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_HEXDIG = b"0123456789abcdefABCDEF"
+_DIGIT = b"0123456789"
+# uri-host [ ":" port ]: unreserved / pct-encoded / sub-delims / ":" / IP-literal brackets
+_HOST_CHARS = (
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;=:[]"
+)
+
+_SUPPORTED_METHODS = frozenset(
+    [b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"]
+)
+
+_QSTR = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_TOK = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_CHUNK_EXT_RE = re.compile(rb"(?:;" + _TOK + rb"(?:=(?:" + _TOK + rb"|" + _QSTR + rb"))?)*")
+
+# Request header names handled specially while parsing.
+_SPECIAL = frozenset(
+    [b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect"]
+)
+
+# Never forwarded upstream from the client's header list (we regenerate what we need).
+_REQ_DROP = frozenset(
+    [
+        # hop-by-hop (RFC 9110 §7.6.1) and framing
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"expect",
+        # rewritten by us
+        b"host",
+        b"via",
+        b"forwarded",
+        b"x-real-ip",
+    ]
+)
+# Never removed because a client named them in Connection (regenerated anyway).
+_CONN_PROTECTED = frozenset([b"host", b"content-length"])
+
+_RESP_DROP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    ]
+)
+
+_NO_TOKENS = frozenset()
+
+_VERSION_11 = b"HTTP/1.1"
+_VERSION_10 = b"HTTP/1.0"
+
+# parser states
+_HEAD = 0
+_BODY = 1
+_CHUNK_SIZE = 2
+_CHUNK_DATA = 3
+_CHUNK_CRLF = 4
+_TRAILER = 5
+_CLOSED = 6
+_UPGRADED = 7
+_ERROR = 8
+
+
+class ProtocolError(Exception):
+    """A request (or upstream response) that must be refused: answer ``status`` and close."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.events: list = []
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.reason}"
+
+
+class EndOfMessage:
+    """End of the current message (use the :data:`END` singleton)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END"
+
+
+END = EndOfMessage()
+
+
+class Request:
+    """A parsed request head.
+
+    ``method``/``target``/``raw_target``/``host``: bytes (``host`` may be None in
+    HTTP/1.0); ``http_version``: ``"1.1"`` or ``"1.0"``; ``headers``: list of
+    ``(lower-case name, value)`` in arrival order (values OWS-stripped);
+    ``connection``: frozenset of lower-case Connection tokens; ``content_length``:
+    int or None; ``chunked``: bool; ``keep_alive``; ``upgrade`` (WebSocket);
+    ``upgrade_protocol``: the Upgrade value for a WebSocket request;
+    ``expect_continue``.
+    """
+
+    __slots__ = (
+        "method",
+        "target",
+        "raw_target",
+        "http_version",
+        "headers",
+        "host",
+        "connection",
+        "keep_alive",
+        "upgrade",
+        "upgrade_protocol",
+        "content_length",
+        "chunked",
+        "expect_continue",
+    )
+
+    def __init__(
+        self,
+        method,
+        target,
+        raw_target,
+        http_version,
+        headers,
+        host,
+        connection,
+        keep_alive,
+        upgrade,
+        upgrade_protocol,
+        content_length,
+        chunked,
+        expect_continue,
+    ):
+        self.method = method
+        self.target = target
+        self.raw_target = raw_target
+        self.http_version = http_version
+        self.headers = headers
+        self.host = host
+        self.connection = connection
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.upgrade_protocol = upgrade_protocol
+        self.content_length = content_length
+        self.chunked = chunked
+        self.expect_continue = expect_continue
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def get(self, name: bytes, default=None):
+        """First value of header ``name`` (lower-case bytes)."""
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return default
+
+    def _key(self):
+        return tuple(getattr(self, s) for s in self.__slots__)
+
+    def __eq__(self, other):
+        return isinstance(other, Request) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Request({self.method!r} {self.target!r} HTTP/{self.http_version} "
+            f"host={self.host!r} cl={self.content_length} chunked={self.chunked} "
+            f"keep_alive={self.keep_alive} upgrade={self.upgrade} "
+            f"headers={self.headers!r})"
+        )
+
+
+class _Sink:
+    """httptools callback target (kept apart from the parser to avoid a ref cycle)."""
+
+    __slots__ = ("hdrs", "hc", "mc")
+
+    def __init__(self):
+        self.hdrs = []
+        self.hc = 0
+        self.mc = 0
+
+    def on_header(self, name, value):
+        self.hdrs.append((name, value))
+
+    def on_headers_complete(self):
+        self.hc += 1
+
+    def on_message_complete(self):
+        self.mc += 1
+
+
+def _bad(reason: str) -> ProtocolError:
+    return ProtocolError(400, reason)
+
+
+def _split_tokens(values) -> list:
+    """Comma-separated list elements (lower-cased, OWS-stripped) of several field values."""
+    out = []
+    for v in values:
+        for item in v.split(b","):
+            out.append(item.strip(b" \t").lower())
+    return out
+
+
+class RequestParser:
+    """Incremental, strict HTTP/1.1 request parser (see the module docstring)."""
+
+    __slots__ = (
+        "max_request_line",
+        "max_header_bytes",
+        "max_headers",
+        "max_body",
+        "max_chunk_line",
+        "trailing_data",
+        "_state",
+        "_buf",
+        "_scan",
+        "_fed",
+        "_rl",
+        "_hs",
+        "_sink",
+        "_p",
+        "_dirty",
+        "_remaining",
+        "_total",
+        "_error",
+        "_keep_alive",
+        "_ll_chunked",
+    )
+
+    def __init__(
+        self,
+        max_request_line: int = 8192,
+        max_header_bytes: int = 65536,
+        max_headers: int = 100,
+        max_body: int = 64 * MiB,
+        max_chunk_line: int = 4096,
+    ):
+        self.max_request_line = max_request_line
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.max_body = max_body
+        self.max_chunk_line = max_chunk_line
+        self.trailing_data = b""
+        self._state = _HEAD
+        self._buf = None  # bytearray holding an incomplete element (head, chunk line, ...)
+        self._scan = 0  # bytes of the current element already searched
+        self._fed = 0  # bytes of the current element already given to llhttp
+        self._rl = None  # parsed request line of the current head, once complete
+        self._hs = 0  # offset of the header section in the current head
+        self._sink = _Sink()
+        self._p = HttpRequestParser(self._sink)
+        self._dirty = False
+        self._remaining = 0
+        self._total = 0
+        self._error = None
+        self._keep_alive = True
+        self._ll_chunked = True
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def upgraded(self) -> bool:
+        return self._state == _UPGRADED
+
+    @property
+    def closed(self) -> bool:
+        """True after a request that does not keep the connection alive."""
+        return self._state == _CLOSED
+
+    @property
+    def in_message(self) -> bool:
+        """True while a request is partially received."""
+        st = self._state
+        if st == _HEAD:
+            return bool(self._buf)
+        return st in (_BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER)
+
+    def feed(self, data) -> list:
+        if self._error is not None:
+            raise self._error
+        st = self._state
+        if st >= _CLOSED:
+            if st == _UPGRADED:
+                self.trailing_data += bytes(data)
+            return []
+        if data.__class__ is not bytes:
+            data = bytes(data)
+        events = []
+        buf = self._buf
+        if buf:
+            buf += data
+            b = buf
+        else:
+            b = data
+        n = len(b)
+        pos = 0
+        try:
+            while pos < n:
+                st = self._state
+                if st == _HEAD:
+                    r = self._head(b, pos, n, events)
+                elif st == _BODY:
+                    rem = self._remaining
+                    avail = n - pos
+                    if avail < rem:
+                        events.append(bytes(b[pos:]) if pos or b is buf else b)
+                        self._remaining = rem - avail
+                        r = n
+                    else:
+                        r = pos + rem
+                        events.append(bytes(b[pos:r]))
+                        self._end(events)
+                elif st <= _TRAILER:
+                    r = self._chunked(b, pos, n, events)
+                elif st == _UPGRADED:
+                    self.trailing_data += bytes(b[pos:])
+                    r = n
+                else:  # _CLOSED: ignore whatever follows
+                    r = n
+                if r < 0:
+                    pos = ~r
+                    break
+                pos = r
+        except ProtocolError as e:
+            e.events = events
+            self._fail(e)
+            raise
+        if pos < n:
+            if b is buf:
+                del buf[:pos]
+            else:
+                self._buf = bytearray(b[pos:])
+        elif buf:
+            self._buf = None
+        return events
+
+    def feed_eof(self) -> list:
+        if self._error is not None:
+            raise self._error
+        if self.in_message:
+            e = _bad("connection closed inside a request")
+            self._fail(e)
+            raise e
+        return []
+
+    # ----------------------------------------------------------------- helpers
+
+    def _fail(self, e):
+        self._error = e
+        self._state = _ERROR
+        self._buf = None
+
+    def _ll(self, chunk):
+        """Give bytes to llhttp (the strict validator), mapping its errors to 400."""
+        try:
+            self._p.feed_data(chunk)
+        except (HttpParserError, HttpParserUpgrade) as e:
+            raise _bad(f"malformed request: {e}") from None
+
+    def _end(self, events):
+        events.append(END)
+        self._total = 0
+        self._state = _HEAD if self._keep_alive else _CLOSED
+
+    # -------------------------------------------------------------------- head
+
+    def _head(self, b, pos, n, events):
+        """Parse a request head starting at ``pos``; return the position after it,
+        or ``~start`` when more bytes are needed (offsets kept relative to start)."""
+        rl = self._rl
+        if rl is None:
+            if self._scan <= 1:
+                # RFC 9112 §2.2: ignore empty lines received before the request line
+                # (``_scan == 1`` when only a CR had arrived).
+                if b.startswith(b"\r\n", pos):
+                    pos += 2
+                    while b.startswith(b"\r\n", pos):
+                        pos += 2
+                    self._scan = 0
+                if pos >= n:
+                    return n
+            limit = pos + self.max_request_line + 2
+            lf = b.find(b"\n", pos + self._scan, limit)
+            if lf < 0:
+                # Early rejection of non-HTTP garbage (TLS hello, binary) in the method.
+                sp = b.find(b" ", pos, pos + 16)
+                probe = b[pos : (sp if sp >= 0 else min(n, pos + 16))].rstrip(b"\r")
+                if probe.translate(None, _TCHAR):
+                    raise _bad("invalid method token")
+                if n >= limit:
+                    raise ProtocolError(414, "request line too long")
+                self._scan = n - pos
+                return ~pos
+            if lf == pos or b[lf - 1] != 13:
+                raise _bad("bare LF in request line")
+            line = b[pos : lf - 1]
+            if line.__class__ is not bytes:
+                line = bytes(line)
+            rl = self._rl = self._request_line(line)
+            self._hs = lf + 1 - pos
+            self._scan = lf - 1 - pos
+        hs = pos + self._hs
+        window = hs + self.max_header_bytes
+        end = b.find(b"\r\n\r\n", pos + self._scan, window)
+        if end < 0:
+            # stream the partial head to llhttp so that malformed bytes fail early
+            upto = n if n < window else window
+            if upto > pos + self._fed:
+                self._feed_head(b[pos + self._fed : upto], False)
+                self._fed = upto - pos
+            if n >= window:
+                raise ProtocolError(431, "request header section too large")
+            self._scan = max(self._hs - 2, n - pos - 3)
+            return ~pos
+        return self._head_complete(b, pos, hs, end + 4, rl, events)
+
+    def _request_line(self, line):
+        parts = line.split(b" ")
+        method = parts[0]
+        # Order matters for determinism: the early probe in _head only knows the method.
+        if method not in _SUPPORTED_METHODS and (not method or method.translate(None, _TCHAR)):
+            raise _bad("invalid method token")
+        if len(parts) != 3:
+            if len(parts) == 2 and not parts[1].startswith(b"HTTP/"):
+                raise _bad("missing HTTP version (HTTP/0.9 is not supported)")
+            raise _bad("malformed request line")
+        _, target, version = parts
+        if version == _VERSION_11:
+            v = "1.1"
+        elif version == _VERSION_10:
+            v = "1.0"
+        elif (
+            len(version) == 8
+            and version.startswith(b"HTTP/")
+            and version[5] in b"0123456789"
+            and version[6] == 46
+            and version[7] in b"0123456789"
+        ):
+            raise ProtocolError(505, "HTTP version not supported")
+        else:
+            raise _bad("malformed HTTP version")
+        if method not in _SUPPORTED_METHODS:
+            raise ProtocolError(501, "method not implemented")
+        if not target:
+            raise _bad("empty request target")
+        if b"#" in target:
+            raise _bad("fragment in request target")
+        c = target[0]
+        authority = None
+        norm = target
+        if c == 47:  # "/"
+            pass
+        elif target == b"*":
+            if method != b"OPTIONS":
+                raise _bad("asterisk-form target outside OPTIONS")
+        else:
+            low = target[:8].lower()
+            if low.startswith(b"http://"):
+                rest = target[7:]
+            elif low == b"https://":
+                rest = target[8:]
+            else:
+                raise _bad("invalid request target")
+            i = len(rest)
+            for ch in (b"/", b"?"):
+                j = rest.find(ch)
+                if 0 <= j < i:
+                    i = j
+            authority = rest[:i]
+            path = rest[i:]
+            if not authority or b"@" in authority or authority.translate(None, _HOST_CHARS):
+                raise _bad("invalid authority in absolute-form target")
+            norm = path if path.startswith(b"/") else b"/" + path
+        return (method, norm, target, v, authority)
+
+    def _feed_head(self, chunk, final):
+        try:
+            self._p.feed_data(chunk)
+        except HttpParserUpgrade:
+            if not final:
+                raise _bad("unexpected upgrade state") from None
+            self._dirty = True
+        except HttpParserError as e:
+            raise _bad(f"malformed request head: {e}") from None
+
+    def _head_complete(self, b, pos, hs, end, rl, events):
+        sink = self._sink
+        hc = sink.hc
+        self._feed_head(b[pos + self._fed : end], True)
+        if sink.hc != hc + 1:
+            raise _bad("request head framing disagreement")
+        method, target, raw_target, version, authority = rl
+        self._rl = None
+        self._scan = 0
+        self._fed = 0
+        raw = sink.hdrs
+        sink.hdrs = []
+        if len(raw) > self.max_headers:
+            raise ProtocolError(431, "too many header fields")
+        # Strip trailing OWS from values only when the head contains any (rare).
+        if b.find(b" \r\n", hs - 2, end) >= 0 or b.find(b"\t\r\n", hs - 2, end) >= 0:
+            headers = [(nm.lower(), vl.rstrip(b" \t")) for nm, vl in raw]
+        else:
+            headers = [(nm.lower(), vl) for nm, vl in raw]
+
+        host = None
+        nhost = 0
+        cl = None
+        te = None
+        conn = None
+        upg = None
+        expect = None
+        for name, value in headers:
+            if name in _SPECIAL:
+                if name == b"host":
+                    nhost += 1
+                    host = value
+                elif name == b"content-length":
+                    if cl is not None:
+                        raise _bad("duplicate Content-Length")
+                    if not value or value.translate(None, _DIGIT):
+                        raise _bad("invalid Content-Length")
+                    cl = int(value)
+                elif name == b"transfer-encoding":
+                    if te is None:
+                        te = [value]
+                    else:
+                        te.append(value)
+                elif name == b"connection":
+                    if conn is None:
+                        conn = [value]
+                    else:
+                        conn.append(value)
+                elif name == b"upgrade":
+                    upg = value if upg is None else upg + b", " + value
+                else:  # expect
+                    expect = value if expect is None else expect + b", " + value
+
+        # Host (RFC 9112 §3.2)
+        if nhost != 1:
+            if nhost > 1:
+                raise _bad("more than one Host header")
+            if version == "1.1":
+                raise _bad("missing Host header")
+        elif host and host.translate(None, _HOST_CHARS):
+            raise _bad("invalid Host header")
+        if authority is not None:
+            if host is not None and host.lower() != authority.lower():
+                raise _bad("absolute-form target does not match Host")
+            host = authority
+
+        # Framing (RFC 9112 §6)
+        chunked = False
+        if te is not None:
+            if version == "1.0":
+                raise _bad("Transfer-Encoding in an HTTP/1.0 request")
+            if cl is not None:
+                raise _bad("both Content-Length and Transfer-Encoding")
+            codings = _split_tokens(te)
+            if codings[-1] != b"chunked":
+                raise _bad("final transfer coding is not chunked")
+            for c in codings[:-1]:
+                if c == b"chunked":
+                    raise _bad("chunked applied more than once")
+                if not c or c.translate(None, _TCHAR):
+                    raise _bad("invalid transfer coding")
+            if len(codings) > 1:
+                raise ProtocolError(501, "transfer coding not implemented")
+            chunked = True
+        elif cl is not None and cl > self.max_body:
+            raise ProtocolError(413, "request body too large")
+
+        if conn is None:
+            conn_tokens = _NO_TOKENS
+        elif len(conn) == 1 and b"," not in conn[0]:
+            conn_tokens = frozenset((conn[0].lower(),))
+        else:
+            conn_tokens = frozenset(_split_tokens(conn))
+
+        upgrade = False
+        if (
+            upg is not None
+            and b"upgrade" in conn_tokens
+            and method == b"GET"
+            and version == "1.1"
+            and upg.split(b",", 1)[0].strip(b" \t").lower() == b"websocket"
+        ):
+            if chunked or cl:
+                raise _bad("upgrade request with a body")
+            upgrade = True
+        else:
+            upg = None
+
+        expect_continue = False
+        if expect is not None and version == "1.1":
+            if expect.lower() != b"100-continue":
+                raise ProtocolError(417, "unsupported expectation")
+            expect_continue = True
+
+        if version == "1.1":
+            keep_alive = b"close" not in conn_tokens
+        else:
+            keep_alive = b"keep-alive" in conn_tokens
+        if upgrade:
+            keep_alive = False
+        self._keep_alive = keep_alive
+
+        events.append(
+            Request(
+                method,
+                target,
+                raw_target,
+                version,
+                headers,
+                host,
+                conn_tokens,
+                keep_alive,
+                upgrade,
+                upg,
+                cl,
+                chunked,
+                expect_continue,
+            )
+        )
+
+        if upgrade:
+            events.append(END)
+            self._state = _UPGRADED
+            self.trailing_data = bytes(b[end:])
+            return len(b)
+        if chunked:
+            if self._dirty:
+                # llhttp switched to upgrade mode and cannot cross-check the body
+                raise _bad("upgrade request with a chunked body")
+            self._state = _CHUNK_SIZE
+            self._ll_chunked = True
+            return end
+        p = self._p
+        if self._dirty or cl or not p.should_keep_alive():
+            self._new_llhttp()
+        if cl:
+            self._state = _BODY
+            self._remaining = cl
+            return end
+        self._end(events)
+        return end
+
+    def _new_llhttp(self):
+        self._sink = _Sink()
+        self._p = HttpRequestParser(self._sink)
+        self._dirty = False
+
+    # ----------------------------------------------------------------- chunked
+
+    def _chunked(self, b, pos, n, events):
+        st = self._state
+        while pos < n:
+            if st == _CHUNK_DATA:
+                rem = self._remaining
+                avail = n - pos
+                if avail < rem:
+                    chunk = bytes(b[pos:]) if pos or b.__class__ is not bytes else b
+                    self._remaining = rem - avail
+                    end = n
+                else:
+                    end = pos + rem
+                    chunk = bytes(b[pos:end])
+                    st = self._state = _CHUNK_CRLF
+                self._ll(chunk)
+                events.append(chunk)
+                pos = end
+            elif st == _CHUNK_CRLF:
+                if n - pos < 2:
+                    if b[pos] != 13:
+                        raise _bad("chunk data not followed by CRLF")
+                    return ~pos
+                if b[pos] != 13 or b[pos + 1] != 10:
+                    raise _bad("chunk data not followed by CRLF")
+                self._ll(b"\r\n")
+                pos += 2
+                st = self._state = _CHUNK_SIZE
+            elif st == _CHUNK_SIZE:
+                limit = pos + self.max_chunk_line + 2
+                lf = b.find(b"\n", pos + self._scan, limit)
+                if lf < 0:
+                    if n >= limit:
+                        raise _bad("chunk size line too long")
+                    self._scan = n - pos
+                    return ~pos
+                self._scan = 0
+                if lf == pos or b[lf - 1] != 13:
+                    raise _bad("bare LF in chunk size line")
+                line = bytes(b[pos : lf - 1])
+                size_s, semi, _ = line.partition(b";")
+                if not size_s or size_s.translate(None, _HEXDIG):
+                    raise _bad("invalid chunk size")
+                if semi and _CHUNK_EXT_RE.fullmatch(line, len(size_s)) is None:
+                    raise _bad("invalid chunk extension")
+                if len(size_s.lstrip(b"0")) > 16:
+                    raise _bad("chunk size overflow")
+                size = int(size_s, 16)
+                self._total += size
+                if self._total > self.max_body:
+                    raise ProtocolError(413, "request body too large")
+                self._ll(b[pos : lf + 1])
+                pos = lf + 1
+                if size:
+                    self._remaining = size
+                    st = self._state = _CHUNK_DATA
+                else:
+                    st = self._state = _TRAILER
+                    self._fed = 0
+            else:  # _TRAILER
+                return self._trailer(b, pos, n, events)
+        return pos
+
+    def _trailer(self, b, pos, n, events):
+        # Either an empty line right away, or field lines ending with CRLF CRLF.
+        if self._fed == 0 and self._scan == 0:
+            if n - pos < 2:
+                if b[pos] != 13:
+                    pass  # a trailer field starts; fall through to the search
+                else:
+                    return ~pos
+            elif b[pos] == 13 and b[pos + 1] == 10:
+                return self._trailer_done(b, pos, pos + 2, events)
+        window = pos + self.max_header_bytes
+        end = b.find(b"\r\n\r\n", pos + max(self._scan - 3, 0), window)
+        if end < 0:
+            upto = n if n < window else window
+            if upto > pos + self._fed:
+                self._ll(b[pos + self._fed : upto])
+                self._fed = upto - pos
+            if n >= window:
+                raise ProtocolError(431, "trailer section too large")
+            self._scan = n - pos
+            return ~pos
+        return self._trailer_done(b, pos, end + 4, events)
+
+    def _trailer_done(self, b, pos, end, events):
+        sink = self._sink
+        mc = sink.mc
+        self._ll(b[pos + self._fed : end])
+        if sink.mc != mc + 1:
+            raise _bad("chunked framing disagreement")
+        self._fed = 0
+        self._scan = 0
+        self._new_llhttp()
+        self._end(events)
+        return end
+
+
+# --------------------------------------------------------------------------- upstream
+
+
+def _b(x) -> bytes:
+    return x if x.__class__ is bytes else str(x).encode("latin-1")
+
+
+def build_upstream_request(
+    req: Request,
+    client_ip,
+    proto="http",
+    via="1.1 dashscale",
+    *,
+    keep_alive: bool = False,
+    body_length=None,
+    default_host: bytes = b"localhost",
+) -> bytes:
+    """Rebuild the head forwarded to a replica from the parsed request.
+
+    * Request line ``METHOD target HTTP/1.1`` (absolute-form already normalised).
+    * ``Host`` first (``default_host`` for an HTTP/1.0 request without one).
+    * Dropped: hop-by-hop fields (Connection, Keep-Alive, Proxy-Connection, TE,
+      Trailer, Transfer-Encoding, Upgrade), any field named in Connection (except Host
+      and Content-Length, which we regenerate), Expect (the proxy answers 100-continue
+      itself), Content-Length, incoming Via / Forwarded / X-Real-IP / ``X-Forwarded-*``
+      / ``X-Dashscale-*``.
+    * Added: ``X-Forwarded-For: client_ip``, ``X-Forwarded-Proto: proto``,
+      ``X-Forwarded-Host: host`` (when there is one), ``Via`` (incoming values + ``via``).
+    * Framing: ``Content-Length: N`` for a Content-Length body.  For a chunked request
+      pass ``body_length=len(buffered_body)`` to forward it with Content-Length (what
+      the proxy does: it buffers bodies, at most ``max_body``); with
+      ``body_length=None`` the head says ``Transfer-Encoding: chunked`` and the caller
+      must re-chunk the body with :func:`encode_chunk` / :data:`LAST_CHUNK`.
+    * ``Connection: close`` unless ``keep_alive``; a WebSocket upgrade carries
+      ``Connection: Upgrade`` and its ``Upgrade`` value.
+    """
+    host = req.host
+    if host is None:
+        host = default_host
+    out = [req.method, b" ", req.target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+    conn = req.connection
+    vias = None
+    for name, value in req.headers:
+        if name in _REQ_DROP:
+            if name == b"via":
+                if vias is None:
+                    vias = [value]
+                else:
+                    vias.append(value)
+            continue
+        if name[:2] == b"x-" and (
+            name.startswith(b"x-forwarded-") or name.startswith(b"x-dashscale-")
+        ):
+            continue
+        if conn and name in conn and name not in _CONN_PROTECTED:
+            continue
+        out += (name, b": ", value, b"\r\n")
+    if req.chunked:
+        if body_length is None:
+            out.append(b"transfer-encoding: chunked\r\n")
+        else:
+            out += (b"content-length: ", b"%d" % body_length, b"\r\n")
+    elif req.content_length is not None:
+        out += (b"content-length: ", b"%d" % req.content_length, b"\r\n")
+    if req.upgrade:
+        out += (b"connection: Upgrade\r\nupgrade: ", req.upgrade_protocol, b"\r\n")
+    elif not keep_alive:
+        out.append(b"connection: close\r\n")
+    out += (b"x-forwarded-for: ", _b(client_ip), b"\r\nx-forwarded-proto: ", _b(proto), b"\r\n")
+    if req.host:
+        out += (b"x-forwarded-host: ", req.host, b"\r\n")
+    via = _b(via)
+    if vias is not None:
+        vias.append(via)
+        via = b", ".join(vias)
+    out += (b"via: ", via, b"\r\n\r\n")
+    return b"".join(out)
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class Response:
+    """A parsed upstream response head.
+
+    ``status``: int; ``reason``: bytes; ``http_version``: str; ``headers``: list of
+    ``(lower-case name, value)``; ``connection``: frozenset of Connection tokens;
+    ``framing``: one of FRAMING_NONE / FRAMING_LENGTH / FRAMING_CHUNKED /
+    FRAMING_CLOSE; ``content_length``: int or None; ``keep_alive``: whether the
+    upstream connection could be reused; ``upgrade``: a 101 response.
+    """
+
+    __slots__ = (
+        "status",
+        "reason",
+        "http_version",
+        "headers",
+        "connection",
+        "framing",
+        "content_length",
+        "keep_alive",
+        "upgrade",
+    )
+
+    def __init__(
+        self, status, reason, http_version, headers, connection, framing, content_length,
+        keep_alive, upgrade,
+    ):
+        self.status = status
+        self.reason = reason
+        self.http_version = http_version
+        self.headers = headers
+        self.connection = connection
+        self.framing = framing
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+
+    def get(self, name: bytes, default=None):
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return default
+
+    def __repr__(self) -> str:
+        return (
+            f"Response({self.status} {self.reason!r} framing={self.framing} "
+            f"cl={self.content_length} headers={self.headers!r})"
+        )
+
+
+class ResponseParser:
+    """Upstream response parser for one request/response exchange.
+
+    ``request_method`` tells whether the response can have a body (HEAD never has).
+    Events: :class:`Response`, ``bytes`` body chunks (de-chunked), :data:`END`.
+    Interim 1xx responses other than 101 are consumed and not reported.
+    """
+
+    __slots__ = (
+        "request_method",
+        "max_header_bytes",
+        "response",
+        "trailing_data",
+        "_p",
+        "_hdrs",
+        "_reason",
+        "_events",
+        "_head_bytes",
+        "_done",
+        "_error",
+    )
+
+    def __init__(self, request_method: bytes = b"GET", max_header_bytes: int = 65536):
+        self.request_method = request_method
+        self.max_header_bytes = max_header_bytes
+        self.response = None
+        self.trailing_data = b""
+        self._hdrs = []
+        self._reason = b""
+        self._events = None
+        self._head_bytes = 0
+        self._done = False
+        self._error = None
+        # NB: the httptools parser holds bound methods of self (a reference cycle);
+        # it is dropped as soon as the exchange is over.
+        self._p = HttpResponseParser(self)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def feed(self, data) -> list:
+        if self._error is not None:
+            raise self._error
+        if self._done:
+            if self.response is not None and self.response.upgrade:
+                self.trailing_data += bytes(data)
+            return []
+        events = self._events = []
+        try:
+            self._p.feed_data(data)
+        except HttpParserUpgrade as e:
+            off = e.args[0] if e.args else len(data)
+            self.trailing_data = bytes(data[off:])
+        except HttpParserError as e:
+            # bytes after a complete HEAD/204/304 response are ignored, not an error
+            if not self._done and self._error is None:
+                self._error = ProtocolError(502, f"malformed upstream response: {e}")
+        self._events = None
+        if self._error is not None:
+            self._error.events = events
+            self._p = None
+            raise self._error
+        if self._done:
+            self._p = None
+        elif self.response is None:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes:
+                self._error = ProtocolError(502, "upstream response head too large")
+                self._p = None
+                raise self._error
+        return events
+
+    def feed_eof(self) -> list:
+        if self._error is not None:
+            raise self._error
+        if self._done:
+            return []
+        self._p = None
+        resp = self.response
+        if resp is not None and resp.framing == FRAMING_CLOSE:
+            self._done = True
+            return [END]
+        self._error = ProtocolError(502, "upstream closed the connection mid-response")
+        raise self._error
+
+    # httptools callbacks ----------------------------------------------------
+    def on_status(self, data):
+        self._reason += data
+
+    def on_header(self, name, value):
+        self._hdrs.append((name, value))
+
+    def on_headers_complete(self):
+        p = self._p
+        status = p.get_status_code()
+        raw = self._hdrs
+        self._hdrs = []
+        reason = self._reason
+        self._reason = b""
+        if self._done or self._error is not None:
+            return
+        if status < 200 and status != 101:
+            if status < 100:
+                self._error = ProtocolError(502, "invalid upstream status code")
+            return  # interim response (100 Continue, 103 Early Hints): dropped
+        headers = [(n.lower(), v.rstrip(b" \t")) for n, v in raw]
+        cl = None
+        te = None
+        conn = None
+        for n, v in headers:
+            if n == b"content-length":
+                if cl is not None or not v or v.translate(None, _DIGIT):
+                    self._error = ProtocolError(502, "invalid upstream Content-Length")
+                    return
+                cl = int(v)
+            elif n == b"transfer-encoding":
+                te = v if te is None else te + b"," + v
+            elif n == b"connection":
+                conn = v if conn is None else conn + b"," + v
+        if conn is None:
+            conn_tokens = _NO_TOKENS
+        else:
+            conn_tokens = frozenset(_split_tokens((conn,)))
+        method = self.request_method
+        upgrade = status == 101
+        if upgrade or method == b"HEAD" or status == 204 or status == 304 or status < 200:
+            framing = FRAMING_NONE
+        elif te is not None:
+            if _split_tokens((te,)) != [b"chunked"]:
+                self._error = ProtocolError(502, "unsupported upstream transfer coding")
+                return
+            framing = FRAMING_CHUNKED
+            cl = None
+        elif cl is not None:
+            framing = FRAMING_LENGTH
+        else:
+            framing = FRAMING_CLOSE
+        version = p.get_http_version()
+        if version == "1.1":
+            keep_alive = b"close" not in conn_tokens
+        else:
+            keep_alive = b"keep-alive" in conn_tokens
+        if framing == FRAMING_CLOSE or method == b"HEAD" or upgrade:
+            keep_alive = False
+        resp = self.response = Response(
+            status, reason, version, headers, conn_tokens, framing, cl, keep_alive, upgrade
+        )
+        events = self._events
+        events.append(resp)
+        if framing == FRAMING_NONE:
+            events.append(END)
+            self._done = True
+
+    def on_body(self, data):
+        if not self._done and self.response is not None:
+            self._events.append(data)
+
+    def on_message_complete(self):
+        if self.response is not None and not self._done:
+            self._events.append(END)
+            self._done = True
+
+
+def build_client_response_head(
+    resp: Response,
+    *,
+    keep_alive: bool,
+    client_version: str = "1.1",
+    extra_headers=(),
+):
+    """Head for the client: ``(head_bytes, chunked, keep_alive)`` (see module doc).
+
+    Hop-by-hop fields of the upstream response (and fields named in its Connection)
+    are dropped, as is any upstream ``X-Dashscale-*`` field; ``extra_headers`` are
+    appended.  Framing: Content-Length passes through; a chunked or read-until-close
+    upstream body is sent chunked to an HTTP/1.1 client, and close-delimited to an
+    HTTP/1.0 client (keep_alive becomes False).  Bodiless responses (HEAD, 204, 304)
+    keep an upstream Content-Length as is.  A 101 keeps ``Upgrade`` and says
+    ``Connection: Upgrade``.
+    """
+    status = resp.status
+    reason = resp.reason or (HTTPStatus(status).phrase.encode() if _known(status) else b"")
+    out = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    conn = resp.connection
+    for name, value in resp.headers:
+        if name in _RESP_DROP:
+            continue
+        if name[:2] == b"x-" and name.startswith(b"x-dashscale-"):
+            continue
+        if conn and name in conn:
+            continue
+        out += (name, b": ", value, b"\r\n")
+    chunked = False
+    framing = resp.framing
+    http11 = client_version == "1.1"
+    if resp.upgrade:
+        upg = resp.get(b"upgrade")
+        if upg is not None:
+            out += (b"upgrade: ", upg, b"\r\n")
+        out.append(b"connection: Upgrade\r\n")
+        keep_alive = False
+    else:
+        if framing == FRAMING_LENGTH:
+            out += (b"content-length: ", b"%d" % resp.content_length, b"\r\n")
+        elif framing == FRAMING_NONE:
+            cl = resp.get(b"content-length")
+            if cl is not None:
+                out += (b"content-length: ", cl, b"\r\n")
+        elif http11:
+            out.append(b"transfer-encoding: chunked\r\n")
+            chunked = True
+        else:
+            keep_alive = False
+        if not keep_alive:
+            out.append(b"connection: close\r\n")
+        elif not http11:
+            out.append(b"connection: keep-alive\r\n")
+    for name, value in extra_headers:
+        out += (_b(name), b": ", _b(value), b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out), chunked, keep_alive
+
+
+def _known(status: int) -> bool:
+    try:
+        HTTPStatus(status)
+    except ValueError:
+        return False
+    return True
+
+
+def encode_chunk(data) -> bytes:
+    """One chunk of a chunked body; empty data gives ``b""`` (an empty chunk would end it)."""
+    if not data:
+        return b""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def error_response(status: int, reason_text=None, retry_after=None) -> bytes:
+    """A small plain-text response that closes the connection."""
+    phrase = HTTPStatus(status).phrase if _known(status) else "Error"
+    body = f"{status} {phrase}\n"
+    if reason_text and reason_text != phrase:
+        body += f"{reason_text}\n"
+    body_b = body.encode("utf-8", "replace")
+    head = [
+        f"HTTP/1.1 {status} {phrase}\r\n",
+        "Content-Type: text/plain; charset=utf-8\r\n",
+        f"Content-Length: {len(body_b)}\r\n",
+        "Cache-Control: no-store\r\n",
+        "Connection: close\r\n",
+    ]
+    if retry_after is not None:
+        head.append(f"Retry-After: {int(retry_after)}\r\n")
+    head.append("\r\n")
+    return "".join(head).encode("latin-1") + body_b

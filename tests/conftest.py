@@ -1,0 +1,36 @@
+import os
+import shutil
+
+import pytest
+
+from dashscale_local.testing import Run
+
+APPS = os.path.join(os.path.dirname(__file__), "apps")
+
+
+@pytest.fixture
+def app_dir(tmp_path):
+    """A project directory holding the test apps."""
+    for name in os.listdir(APPS):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(APPS, name), tmp_path / name)
+    return tmp_path
+
+
+@pytest.fixture
+def dashscale(app_dir):
+    """Factory: dashscale(procfile_text, formation=..., args=[...]) → a started Run.
+    Every run is stopped at teardown, and the test fails if anything was left behind."""
+    runs = []
+
+    def factory(procfile_text="web: gunicorn echo_app:app --workers 1\n", formation=None,
+                args=(), env=None, wait=True, directory=None, timeout=60):
+        run = Run(directory or app_dir, procfile_text, formation, args, env)
+        runs.append(run)
+        return run.start(wait=wait, timeout=timeout)
+
+    yield factory
+    leftovers = []
+    for run in runs:
+        leftovers += run.stop()
+    assert not leftovers, f"processes left behind after stop: {leftovers}"

@@ -1,0 +1,178 @@
+"""End to end: real supervisord, real gunicorn replicas, real HTTP through the proxy."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+
+import psutil
+import pytest
+
+from dashscale_local.testing import Run, processes_with_marker, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_three_replicas_serve_round_robin(dashscale):
+    run = dashscale(formation="web=3")
+    seen = []
+    for _ in range(6):
+        status, headers, body = run.get("/")
+        assert status == 200
+        seen.append(headers["X-Dashscale-Replica"])
+        assert body.decode().startswith(headers["X-Dashscale-Replica"] + " ")
+    assert set(seen) == {"web.1", "web.2", "web.3"}
+    assert seen[:3] == seen[3:]  # strict rotation
+
+
+def test_replicas_bind_loopback_on_their_ports(dashscale):
+    run = dashscale(formation="web=2")
+    st = run.status()
+    ports = [r["port"] for r in st["replicas"]]
+    assert ports == [run.base_port, run.base_port + 1]
+    for r in st["replicas"]:
+        conns = [c for p in [psutil.Process(r["pid"])] + psutil.Process(r["pid"]).children(True)
+                 for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+        assert conns and all(c.laddr.ip == "127.0.0.1" for c in conns), conns
+
+
+def test_status_json_keys(dashscale):
+    run = dashscale(formation="web=2")
+    wait_for(lambda: all(r["memory_bytes"] for r in run.status()["replicas"]), 10,
+             message="memory measured")
+    result = run.cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["proxy"] == {**data["proxy"], "url": run.url, "port": run.port}
+    assert [r["name"] for r in data["replicas"]] == ["web.1", "web.2"]
+    for r in data["replicas"]:
+        for key in ("name", "type", "state", "pid", "port", "memory_bytes",
+                    "memory_limit_bytes", "restarts", "oom_kills", "last_exit"):
+            assert key in r
+        assert r["state"] in ("STARTING", "RUNNING")
+        assert r["memory_bytes"] > 0
+        assert r["memory_limit_bytes"] == 8 * 1024 ** 3
+    assert data["memory"]["max_bytes"] == 2 * 8 * 1024 ** 3
+    assert data["memory"]["total_bytes"] == sum(r["memory_bytes"] for r in data["replicas"])
+    text = run.cli("status")
+    assert "web.2" in text.stdout and "RUNNING" in text.stdout or "STARTING" in text.stdout
+
+
+def test_stop_leaves_nothing(dashscale, app_dir):
+    run = dashscale(formation="web=2")
+    assert len(processes_with_marker(run.run_id)) >= 5  # runner, supervisord, 2×(master+worker)
+    result = run.cli("stop")
+    assert result.returncode == 0, result.stderr
+    assert run.process.wait(30) == 0
+    assert processes_with_marker(run.run_id) == []
+    assert not os.path.exists(os.path.join(run.run_dir, "control.sock"))
+    assert not os.path.exists(os.path.join(run.run_dir, "supervisor.sock"))
+    assert "stopped" in run.output()
+
+
+def test_sigterm_to_runner_stops_everything(dashscale):
+    run = dashscale(formation="web=2")
+    run.process.send_signal(signal.SIGTERM)
+    assert run.process.wait(30) == 0
+    assert processes_with_marker(run.run_id) == []
+
+
+@pytest.mark.parametrize("also_supervisord", [False, True])
+def test_recovery_after_kill_9(dashscale, app_dir, also_supervisord):
+    """kill -9 of the runner (and supervisord): the next `stop` finds what is left through
+    .dashscale/ and shuts it down; a new `start` on the same ports then works."""
+    run = dashscale(formation="web=2")
+    st = run.status()
+    replica_pids = [r["pid"] for r in st["replicas"]]
+    if also_supervisord:
+        os.kill(st["supervisord_pid"], signal.SIGKILL)
+    os.kill(run.process.pid, signal.SIGKILL)
+    run.process.wait(10)
+    result = run.cli("stop")
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                             for p in replica_pids), 15, message="replicas gone")
+    assert processes_with_marker(run.run_id) == []
+    again = Run(app_dir, None, "web=2")
+    again.port, again.base_port = run.port, run.base_port
+    try:
+        again.start()
+        assert again.get("/")[0] == 200
+    finally:
+        assert again.stop() == []
+
+
+def test_start_after_kill_9_cleans_up_first(dashscale, app_dir):
+    run = dashscale(formation="web=1")
+    st = run.status()
+    os.kill(st["supervisord_pid"], signal.SIGKILL)
+    os.kill(run.process.pid, signal.SIGKILL)
+    run.process.wait(10)
+    again = Run(app_dir, None, "web=1")
+    again.port, again.base_port = run.port, run.base_port
+    try:
+        again.start()
+        assert "cleaned up a previous run" in again.output()
+        assert not psutil.pid_exists(st["replicas"][0]["pid"]) or \
+            psutil.Process(st["replicas"][0]["pid"]).status() == "zombie"
+    finally:
+        assert again.stop() == []
+
+
+def test_crashed_replica_is_restarted(dashscale):
+    run = dashscale(formation="web=1")
+    old = run.replica("web.1")
+    with pytest.raises(Exception):
+        run.get("/crash?master=1", timeout=10)
+    def restarted():
+        r = run.replica("web.1")
+        return r if r["pid"] != old["pid"] and r["ready"] else None
+    new = wait_for(restarted, 30, message="web.1 restarted")
+    assert new["restarts"] == 1
+    assert run.get("/")[2].decode().startswith("web.1")
+
+
+def test_bad_module_is_reported_fatal(dashscale):
+    run = dashscale("web: gunicorn no_such_module:app --workers 1\n", wait=False)
+    code = run.process.wait(90)
+    out = run.output()
+    assert code == 1, out
+    assert "web.1 FAILED to start" in out
+    assert "No module named 'no_such_module'" in out or "ModuleNotFoundError" in out
+    assert processes_with_marker(run.run_id) == []
+
+
+def test_proxy_port_in_use_is_an_error_before_anything_starts(dashscale, app_dir):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        run = Run(app_dir, "web: gunicorn echo_app:app\n", None)
+        run.port = blocker.getsockname()[1]
+        run.start(wait=False)
+        assert run.process.wait(30) == 2
+        out = run.output()
+        assert f"proxy port {run.port}" in out and "not available" in out
+        assert out.strip().count("\n") == 0  # one line
+        assert processes_with_marker(run.run_id) == []
+    finally:
+        blocker.close()
+
+
+def test_env_reaches_replicas(dashscale, app_dir):
+    (app_dir / ".env").write_text("GREETING='hello world'\nexport TOKEN=s3cret\n")
+    run = dashscale(formation="web=1")
+    body = json.loads(run.get("/env?keys=GREETING,TOKEN,PORT,DASHSCALE_REPLICA,PYTHONUNBUFFERED")[2])
+    assert body == {"GREETING": "hello world", "TOKEN": "s3cret", "PORT": str(run.base_port),
+                    "DASHSCALE_REPLICA": "web.1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_503_when_no_replica_ready(dashscale):
+    run = dashscale("web: gunicorn echo_app:app\nworker: python -c 'import time; time.sleep(600)'\n",
+                    formation="web=0,worker=1")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        run.get("/")
+    assert err.value.code == 503
+    assert err.value.headers.get("Retry-After")
