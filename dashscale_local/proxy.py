@@ -9,11 +9,13 @@ back-pressure: a slow client pauses reading from the replica.
 """
 import asyncio
 import time
+from http import HTTPStatus
 
 from . import http11
 from .http11 import END, ProtocolError, Request, Response
 
 MiB = 1024 * 1024
+LOCAL_PREFIX = b"/_dashscale/"  # served by the runner itself, never by the app
 
 
 class ProxySettings:
@@ -30,9 +32,18 @@ class ProxySettings:
         self.retry_after = int(f("proxy_retry_after", 1))
 
 
+def _phrase(status):
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
 class Proxy:
-    def __init__(self, pool, listener, settings=None):
+    def __init__(self, pool, listener, settings=None, local_handler=None):
         self.pool = pool
+        # async (request, body) -> (status, [(name, value)], body) for LOCAL_PREFIX paths
+        self.local_handler = local_handler
         self.listener = listener
         self.settings = ProxySettings(settings)
         self.server = None
@@ -174,7 +185,33 @@ class ClientConnection(asyncio.Protocol):
         self.busy = True
         self._disarm()
         self.proxy.counters["requests"] += 1
-        asyncio.ensure_future(self._forward(req, body))
+        if req.target.startswith(LOCAL_PREFIX) and self.proxy.local_handler is not None:
+            asyncio.ensure_future(self._serve_locally(req, body))
+        else:
+            asyncio.ensure_future(self._forward(req, body))
+
+    async def _serve_locally(self, req, body):
+        """Paths under /_dashscale/ (the dashboard and its API) are the runner's own."""
+        try:
+            status, headers, payload = await self.proxy.local_handler(req, body)
+        except Exception as exc:  # a dashboard bug must not take the proxy down
+            status, headers, payload = 500, [(b"content-type", b"text/plain")], \
+                f"dashboard error: {exc}".encode()
+        if self.closing:
+            return
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, _phrase(status))]
+        for name, value in headers:
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"content-length: %d\r\n" % len(payload))
+        if not req.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        self.transport.write(b"".join(head) + (payload if req.method != b"HEAD" else b""))
+        self.busy = False
+        if not req.keep_alive:
+            self.transport.close()
+            return
+        self._next()
 
     async def _forward(self, req, body):
         loop = asyncio.get_running_loop()

@@ -83,32 +83,35 @@ class Runner:
         self.sup = None
         self._tails = {}
         self.started_at = time.time()
+        self.created = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------
     def run(self):
+        """Start supervisord first (it boots while we import the rest), then run the loop."""
+        self.prepare()
         try:
             import uvloop
             uvloop.install()
         except ImportError:
             pass
-        return asyncio.run(self.main())
+        try:
+            return asyncio.run(self.main())
+        except KeyboardInterrupt:
+            self.sup.shutdown(number(self.settings, "stop_timeout") + 5)
+            self._kill_all_now()
+            return 1
 
-    async def main(self):
-        from .control import ControlServer
-        from .memory import MemoryGuard
-        from .proxy import Proxy
+    def prepare(self):
+        """Everything that can fail on bad input, then spawn supervisord with every
+        replica's program already in its config (no reloadConfig round trips)."""
         from .supervisor import Supervisord
 
-        self.lock = asyncio.Lock()
-        self.stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        self.loop = loop
         specs = plan_replicas(self.project.type_names, self.counts, self.base_port)
         for spec in specs:
             if rundir.port_in_use(spec.port):
                 raise UsageError(f"port {spec.port} for {spec.name} is already in use "
                                  "(another app? choose --base-port)")
-        listener = rundir.bind_listener(self.host, self.port)
+        self.listener = rundir.bind_listener(self.host, self.port)
         if self.host not in ("127.0.0.1", "::1", "localhost"):
             self.out.system(f"WARNING: the proxy listens on {self.host}: reachable from other "
                             "machines. Use --host 127.0.0.1 to keep it private.")
@@ -122,11 +125,28 @@ class Runner:
         for spec in specs:
             self._new_replica(spec)
         self.sup.start()
+        self.t_start = time.monotonic()
         self._save_state()
+
+    async def main(self):
+        from . import dashboard
+        from .control import ControlServer
+        from .memory import MemoryGuard
+        from .proxy import Proxy
+
+        self.lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self.loop = loop
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._signal_stop)
         try:
             await asyncio.to_thread(self.sup.wait_up)
+            self.out.system(f"starting {format_formation(self.counts)} from {self.project.procfile_path}")
+            now = time.monotonic()
+            for r in self.replicas.values():
+                r.spawned_at = now
+            await asyncio.to_thread(self.sup.start_many, list(self.replicas))
             self._save_state()
             self.guard = MemoryGuard(
                 interval=number(self.settings, "memory_interval"),
@@ -135,12 +155,11 @@ class Runner:
                 on_kill=lambda name, info: loop.call_soon_threadsafe(self._oom_killed, name, info),
                 on_warning=lambda name, info: loop.call_soon_threadsafe(self._memory_warning, name, info))
             self.guard.start()
-            self.proxy = Proxy(self.pool, listener, self.settings)
+            self.proxy = Proxy(self.pool, self.listener, self.settings,
+                               local_handler=lambda req, body: dashboard.handle(self, req, body))
             await self.proxy.start()
             self.control = ControlServer(rundir.control_socket(self.run_dir), self)
             await self.control.start()
-            self.out.system(f"starting {format_formation(self.counts)} from {self.project.procfile_path}")
-            await asyncio.to_thread(self._add_and_start, list(self.replicas))
             tasks = [asyncio.ensure_future(self._monitor()), asyncio.ensure_future(self._tail_logs())]
             ok = await self._await_startup()
             if ok:
@@ -231,7 +250,7 @@ class Runner:
     async def _await_startup(self):
         """Wait until every replica answers or has failed; report, then print the URL."""
         deadline = time.monotonic() + number(self.settings, "ready_timeout")
-        t0 = time.monotonic()
+        t0 = self.created
         while not self.stopping.is_set():
             pending = [r for r in self.replicas.values() if not r.ready and r.state != "FATAL"
                        and not r.oomkilled]
@@ -560,6 +579,7 @@ class Runner:
                        "metric": self.settings["memory_metric"],
                        "on_limit": self.settings["on_limit"]},
             "events": self.events[-50:],
+            "proxy_stats": self.proxy.stats() if self.proxy else {},
         }
 
     def _event(self, kind, message):

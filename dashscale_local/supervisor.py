@@ -210,6 +210,15 @@ class Supervisord:
             if fault.faultCode != ALREADY_STARTED:
                 raise
 
+    def start_many(self, names):
+        """Start replicas already in the config, in one round trip (system.multicall)."""
+        calls = [{"methodName": "supervisor.startProcess", "params": [n, False]} for n in names]
+        results = self.rpc().system.multicall(calls)
+        for name, result in zip(names, results):
+            if isinstance(result, dict) and result.get("faultCode") not in (None, ALREADY_STARTED):
+                raise RuntimeFailure(f"supervisord could not start {name}: "
+                                     f"{result.get('faultString')}")
+
     def stop_replica(self, name, wait=True):
         try:
             self.call("stopProcess", name, wait)

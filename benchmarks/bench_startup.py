@@ -1,0 +1,144 @@
+"""Start-up time: `dashscale start -m web=4` until all 4 replicas answer through the
+proxy, against `honcho start -c web=4` until all 4 answer on their ports, on the same
+Procfile (the sample app), alternating rounds in one run.
+
+    python benchmarks/bench_startup.py [--rounds 5] [--replicas 4]
+"""
+import argparse
+import http.client
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dashscale_local.testing import free_port, free_port_block, processes_with_marker  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROCFILE = "web: gunicorn sample_app.app:server --workers 1\n"
+
+
+def get(port, timeout=5.0):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheader("X-Dashscale-Replica")
+    finally:
+        conn.close()
+
+
+def wait_until(check, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return True
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.01)
+    raise TimeoutError
+
+
+def project_dir():
+    d = tempfile.mkdtemp(prefix="dsbench-")
+    shutil.copytree(os.path.join(REPO, "sample_app"), os.path.join(d, "sample_app"))
+    with open(os.path.join(d, "Procfile"), "w") as f:
+        f.write(PROCFILE)
+    return d
+
+
+def env_with_marker(marker):
+    env = dict(os.environ, DASHSCALE_RUN_ID=marker, PYTHONUNBUFFERED="1")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def stop(proc, marker):
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    for p in processes_with_marker(marker):
+        p.kill()
+
+
+def time_dashscale(n):
+    d = project_dir()
+    port, base = free_port(), free_port_block()
+    marker = f"bench-ds-{time.time()}"
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "dashscale_local.cli", "start", "-m", f"web={n}",
+                             "--port", str(port), "--base-port", str(base)], cwd=d,
+                            env=env_with_marker(marker), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    seen = set()
+
+    def all_answer():
+        status, replica = get(port)
+        if status == 200 and replica:
+            seen.add(replica)
+        return len(seen) == n
+    try:
+        wait_until(all_answer)
+        return time.monotonic() - t0
+    finally:
+        stop(proc, marker)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def time_honcho(n):
+    d = project_dir()
+    base = free_port_block()
+    marker = f"bench-honcho-{time.time()}"
+    honcho = shutil.which("honcho", path=os.path.dirname(sys.executable)) or "honcho"
+    t0 = time.monotonic()
+    proc = subprocess.Popen([honcho, "start", "-c", f"web={n}", "-p", str(base)], cwd=d,
+                            env=env_with_marker(marker), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    pending = set(range(base, base + n))
+
+    def all_answer():
+        for p in list(pending):
+            try:
+                if get(p, timeout=10)[0] == 200:
+                    pending.discard(p)
+            except (OSError, http.client.HTTPException):
+                pass
+        return not pending
+    try:
+        wait_until(all_answer)
+        return time.monotonic() - t0
+    finally:
+        stop(proc, marker)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--replicas", type=int, default=4)
+    args = ap.parse_args()
+    results = {"dashscale": [], "honcho": []}
+    time_dashscale(1)  # warm the page cache so round 1 is not penalised
+    for i in range(args.rounds):
+        order = ("dashscale", "honcho") if i % 2 == 0 else ("honcho", "dashscale")
+        for name in order:
+            fn = time_dashscale if name == "dashscale" else time_honcho
+            results[name].append(fn(args.replicas))
+    print(f"start-up to {args.replicas} replicas answering (sample app), {args.rounds} rounds")
+    print(f"{'runner':<10} {'median s':>9} {'min s':>7} {'max s':>7}")
+    for name, xs in results.items():
+        print(f"{name:<10} {statistics.median(xs):>9.2f} {min(xs):>7.2f} {max(xs):>7.2f}")
+    ratio = statistics.median(results["dashscale"]) / statistics.median(results["honcho"])
+    print(f"ratio dashscale/honcho (median): {ratio:.2f}x  (goal <= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()
