@@ -433,8 +433,8 @@ def print_table(res, a):
               f"{r['thread_pct'] / base if base else float('nan'):>9.1f}x")
     print("  thread = guard thread CPU (thread_time), process = whole guard process CPU; "
           "Σmetric/ΣRSS over all replicas at the end")
-    print(f"  near-limit scenario: limits 150 MiB per replica (ΣRSS above the 80 % warning level,"
-          f" PSS far below: no kill)")
+    print("  near-limit scenario: limits 150 MiB per replica (ΣRSS above the 80 % warning level,"
+          " PSS far below: no kill)")
 
 
 if __name__ == "__main__":

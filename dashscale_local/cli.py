@@ -209,5 +209,18 @@ def logs(procfile, follow, lines, replica):
         pass
 
 
+from .bench import bench  # noqa: E402
+
+main.add_command(bench)
+
+from .export import export  # noqa: E402
+
+main.add_command(export)
+
+from .doctor import check  # noqa: E402
+
+main.add_command(check)
+
+
 if __name__ == "__main__":
     main()

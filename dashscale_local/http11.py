@@ -26,6 +26,8 @@ max_body=64 MiB, max_chunk_line=4096)``
 * After a WebSocket upgrade request (``req.upgrade``) the parser stops parsing: bytes
   that followed the head, and any bytes fed afterwards, accumulate in
   ``parser.trailing_data`` (send them upstream once the replica answered 101).
+* State: ``parser.in_message`` (a request is partially received), ``parser.closed``,
+  ``parser.upgraded``.
 * ``feed_eof() -> list``: the client half-closed.  Returns ``[]`` between requests,
   raises ``ProtocolError(400)`` inside a request.
 * ``CONTINUE_100``: the interim response to send when ``req.expect_continue`` and the
@@ -44,11 +46,15 @@ content_length, keep_alive, upgrade), ``bytes`` body chunks (de-chunked), :data:
 ``feed_eof()`` → ``[END]`` for a read-until-close body, raises
 ``ProtocolError(502)`` for a truncated one.  Interim 1xx responses (100, 102, 103) are
 consumed silently; a 101 ends parsing (leftover bytes in ``trailing_data``).
-Any upstream protocol violation raises ``ProtocolError(502, ...)``.
+Any upstream protocol violation raises ``ProtocolError(502, ...)``.  Bytes after the
+end of the response are ignored; reuse the upstream connection only if
+``resp.keep_alive`` (always False for HEAD, 101 and read-until-close responses).
+``parser.done`` tells whether END was produced.
 
 ``build_client_response_head(resp, *, keep_alive, client_version="1.1",
-extra_headers=((b"X-Dashscale-Replica", b"web.2"),)) -> (head: bytes, chunked: bool,
-keep_alive: bool)``: the head to send to the client.  If ``chunked`` is true, send
+extra_headers=()) -> (head: bytes, chunked: bool, keep_alive: bool)``, e.g. with
+``extra_headers=[(b"X-Dashscale-Replica", b"web.2")]``: the head to send to the client
+(``keep_alive``/``client_version`` come from the client's Request).  If ``chunked`` is true, send
 every body chunk as ``encode_chunk(data)`` and finish with ``LAST_CHUNK``; otherwise
 send body bytes as they are.  When the returned ``keep_alive`` is false, close the
 client connection after the body (that is what delimits it for read-until-close
@@ -102,10 +108,23 @@ Decisions (RFC 9110 / 9112)
   body (400).  Other upgrade requests (h2c ...) are served as plain requests with the
   Upgrade header stripped (RFC 9110 §7.8 lets a server ignore Upgrade); if such a
   request also has a chunked body → 400.
-* Expect: ``100-continue`` (HTTP/1.1 only) sets ``req.expect_continue``; any other
-  expectation → 417; ``Expect`` is ignored for HTTP/1.0 and never forwarded.
+* Expect: ``100-continue`` (HTTP/1.1, with a body) sets ``req.expect_continue``; any
+  other expectation → 417; ``Expect`` is ignored for HTTP/1.0 and never forwarded.
 * keep-alive: HTTP/1.1 unless ``Connection: close``; HTTP/1.0 only with
   ``Connection: keep-alive``.
+* The verdict (events or error status) never depends on how the bytes were split
+  across ``feed`` calls: errors are reported in stream order and limits are checked
+  on exactly the bytes that can belong to the element.
+
+How it works
+------------
+Message framing is ours: the head is delimited by the first CRLF CRLF (found with
+``bytes.find``, never past the size limits), bodies by Content-Length or by our own
+chunk decoder.  llhttp is fed exactly the same bytes, message by message (so it can
+never see a different message boundary than we do), and validates them strictly;
+header fields come from its ``on_header`` callbacks.  At import time the installed
+llhttp is probed with a few malformed heads; if it accepts any of them (older
+httptools), equivalent checks in Python are switched on.
 """
 
 from __future__ import annotations
@@ -187,6 +206,7 @@ _REQ_DROP = frozenset(
         b"x-real-ip",
     ]
 )
+_X_DROP = (b"x-forwarded-", b"x-dashscale-")
 # Never removed because a client named them in Connection (regenerated anyway).
 _CONN_PROTECTED = frozenset([b"host", b"content-length"])
 
@@ -364,6 +384,59 @@ def _split_tokens(values) -> list:
     return out
 
 
+_CTL_BYTES = bytes(range(0, 9)) + bytes(range(10, 32)) + b"\x7f"  # CTLs but HTAB
+
+
+def _check_head_bytes(b, start, end, start_line=True):
+    """Whole-head checks, used only when the installed llhttp is not strict enough
+    (see ``_llhttp_is_strict``): CRLF only, no obs-fold, no CTL (except HTAB),
+    field names are tokens directly followed by ':'."""
+    head = bytes(b[start:end])
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
+        raise _bad("bare CR or LF in request head")
+    if b"\r\n " in head or b"\r\n\t" in head:
+        raise _bad("obs-fold or whitespace at the start of a header line")
+    flat = head.replace(b"\r\n", b"")
+    if len(flat.translate(None, _CTL_BYTES)) != len(flat):
+        raise _bad("control character in request head")
+    lines = head.split(b"\r\n")
+    for line in lines[1:] if start_line else lines:
+        if line:
+            name, colon, _ = line.partition(b":")
+            if not colon or not name or name.translate(None, _TCHAR):
+                raise _bad("invalid header field name")
+
+
+def _llhttp_is_strict() -> bool:
+    """Does the installed llhttp (httptools) reject what this module relies on it to
+    reject?  Older httptools bundle an llhttp that accepts some of these."""
+    bad_heads = (
+        b"GET / HTTP/1.1\nHost: a\n\n",
+        b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n c\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\x01b\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\nx",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    for raw in bad_heads:
+        try:
+            HttpRequestParser(_Sink()).feed_data(raw)
+        except (HttpParserError, HttpParserUpgrade):
+            continue
+        except Exception:
+            return False
+        return False
+    return True
+
+
+_LLHTTP_STRICT = _llhttp_is_strict()
+
+
 class RequestParser:
     """Incremental, strict HTTP/1.1 request parser (see the module docstring)."""
 
@@ -387,7 +460,6 @@ class RequestParser:
         "_total",
         "_error",
         "_keep_alive",
-        "_ll_chunked",
     )
 
     def __init__(
@@ -417,7 +489,6 @@ class RequestParser:
         self._total = 0
         self._error = None
         self._keep_alive = True
-        self._ll_chunked = True
 
     # ------------------------------------------------------------------ public
 
@@ -569,7 +640,7 @@ class RequestParser:
             # stream the partial head to llhttp so that malformed bytes fail early
             upto = n if n < window else window
             if upto > pos + self._fed:
-                self._feed_head(b[pos + self._fed : upto], False)
+                self._ll(b[pos + self._fed : upto])
                 self._fed = upto - pos
             if n >= window:
                 raise ProtocolError(431, "request header section too large")
@@ -636,20 +707,17 @@ class RequestParser:
             norm = path if path.startswith(b"/") else b"/" + path
         return (method, norm, target, v, authority)
 
-    def _feed_head(self, chunk, final):
+    def _head_complete(self, b, pos, hs, end, rl, events):
+        if not _LLHTTP_STRICT:
+            _check_head_bytes(b, pos, end)
+        sink = self._sink
+        hc = sink.hc
         try:
-            self._p.feed_data(chunk)
+            self._p.feed_data(b[pos + self._fed : end])
         except HttpParserUpgrade:
-            if not final:
-                raise _bad("unexpected upgrade state") from None
             self._dirty = True
         except HttpParserError as e:
             raise _bad(f"malformed request head: {e}") from None
-
-    def _head_complete(self, b, pos, hs, end, rl, events):
-        sink = self._sink
-        hc = sink.hc
-        self._feed_head(b[pos + self._fed : end], True)
         if sink.hc != hc + 1:
             raise _bad("request head framing disagreement")
         method, target, raw_target, version, authority = rl
@@ -660,11 +728,8 @@ class RequestParser:
         sink.hdrs = []
         if len(raw) > self.max_headers:
             raise ProtocolError(431, "too many header fields")
-        # Strip trailing OWS from values only when the head contains any (rare).
-        if b.find(b" \r\n", hs - 2, end) >= 0 or b.find(b"\t\r\n", hs - 2, end) >= 0:
-            headers = [(nm.lower(), vl.rstrip(b" \t")) for nm, vl in raw]
-        else:
-            headers = [(nm.lower(), vl) for nm, vl in raw]
+        # llhttp strips leading OWS from values, not trailing OWS
+        headers = [(nm.lower(), vl.rstrip(b" \t")) for nm, vl in raw]
 
         host = None
         nhost = 0
@@ -758,7 +823,7 @@ class RequestParser:
         if expect is not None and version == "1.1":
             if expect.lower() != b"100-continue":
                 raise ProtocolError(417, "unsupported expectation")
-            expect_continue = True
+            expect_continue = chunked or bool(cl)  # nothing to wait for without a body
 
         if version == "1.1":
             keep_alive = b"close" not in conn_tokens
@@ -796,7 +861,6 @@ class RequestParser:
                 # llhttp switched to upgrade mode and cannot cross-check the body
                 raise _bad("upgrade request with a chunked body")
             self._state = _CHUNK_SIZE
-            self._ll_chunked = True
             return end
         p = self._p
         if self._dirty or cl or not p.should_keep_alive():
@@ -901,6 +965,8 @@ class RequestParser:
         return self._trailer_done(b, pos, end + 4, events)
 
     def _trailer_done(self, b, pos, end, events):
+        if not _LLHTTP_STRICT and end - pos > 2:
+            _check_head_bytes(b, pos, end, start_line=False)
         sink = self._sink
         mc = sink.mc
         self._ll(b[pos + self._fed : end])
@@ -954,20 +1020,15 @@ def build_upstream_request(
         host = default_host
     out = [req.method, b" ", req.target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
     conn = req.connection
+    drop = _REQ_DROP if not conn else _REQ_DROP | (conn - _CONN_PROTECTED)
     vias = None
     for name, value in req.headers:
-        if name in _REQ_DROP:
+        if name in drop or name.startswith(_X_DROP):
             if name == b"via":
                 if vias is None:
                     vias = [value]
                 else:
                     vias.append(value)
-            continue
-        if name[:2] == b"x-" and (
-            name.startswith(b"x-forwarded-") or name.startswith(b"x-dashscale-")
-        ):
-            continue
-        if conn and name in conn and name not in _CONN_PROTECTED:
             continue
         out += (name, b": ", value, b"\r\n")
     if req.chunked:
@@ -1250,8 +1311,9 @@ def build_client_response_head(
         if framing == FRAMING_LENGTH:
             out += (b"content-length: ", b"%d" % resp.content_length, b"\r\n")
         elif framing == FRAMING_NONE:
+            # HEAD / 304: Content-Length describes the selected representation
             cl = resp.get(b"content-length")
-            if cl is not None:
+            if cl is not None and status != 204 and status >= 200:
                 out += (b"content-length: ", cl, b"\r\n")
         elif http11:
             out.append(b"transfer-encoding: chunked\r\n")

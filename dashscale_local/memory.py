@@ -227,8 +227,8 @@ class PsutilBackend:
         try:
             p = ps.Process(pid)
             with p.oneshot():
-                st = p.status()
-                return _Stat(("Z" if st == ps.STATUS_ZOMBIE else "R", p.ppid(), os.getpgid(pid),
+                st = {ps.STATUS_ZOMBIE: "Z", ps.STATUS_STOPPED: "T"}.get(p.status(), "R")
+                return _Stat((st, p.ppid(), os.getpgid(pid),
                               p.create_time(), None, p.memory_info().rss))
         except (ps.Error, OSError):
             return None
@@ -323,7 +323,8 @@ class MemoryGuard(threading.Thread):
         idx = 0 if metric == "pss" else 1
         if probe is None or probe[idx] is None:
             log.warning("memory metric %s is not available here (%s); using rss (an upper "
-                        "bound: shared pages count once per process)", metric, sys.platform)
+                        "bound: a shared page counts once per process using it)", metric,
+                        sys.platform)
             return "rss", "stat" if self.backend.name == "proc" else "psutil"
         return metric, self.backend.exact_source
 
@@ -599,6 +600,16 @@ class MemoryGuard(threading.Thread):
                 log.error("%s: cannot signal pid %d: %s", rep.name, pid, e)
         return sent
 
+    def _wait_stopped(self, rep, timeout):
+        deadline = self.clock() + timeout
+        pending = list(rep.members)
+        while pending:
+            pending = [p for p in pending
+                       if (st := self.backend.stat(p)) is not None and st.state not in "TtZX"]
+            if not pending or self.clock() >= deadline:
+                return
+            time.sleep(0.001)
+
     def _kill(self, rep, value, t0):
         with self._lock:
             if self._replicas.get(rep.name) is not rep:
@@ -609,9 +620,13 @@ class MemoryGuard(threading.Thread):
             # verified members are signalled, by pid (never the group unless a verified
             # member is still in it, which keeps the pgid from being reused)
             log.info("%s: top pid %d gone; killing its remaining processes", rep.name, rep.pid)
-        self._signal(rep, signal.SIGSTOP)  # freeze: no more growth, no more forks
+        if not self._signal(rep, signal.SIGSTOP):  # freeze: no more growth, no more forks
+            log.info("%s: exited before it could be killed", rep.name)
+            self._drop(rep)
+            return
         self._discover(list(self._active))  # anything forked since the sweep started
         self._signal(rep, signal.SIGSTOP)
+        self._wait_stopped(rep, 0.02)  # signal delivery is asynchronous (busy CPUs)
         if self.before_kill is not None:
             done = threading.Event()
 

@@ -7,9 +7,10 @@ import os
 
 from . import rundir
 from .envfile import load_env_files
+from .errors import UsageError
 from .formation import parse_formation, parse_scale_file, resolve_formation
 from .procfile import load_procfile
-from .sizes import MIN_MEMORY_LIMIT, parse_limits
+from .sizes import parse_limits
 
 SCALE_FILE = "DOKKU_SCALE"
 
@@ -23,26 +24,41 @@ class Project:
         self.type_names = list(self.procfile.types)
         self.env_files = [os.path.abspath(p) for p in env_files] or \
             [os.path.join(self.directory, ".env")]
-        self.env = load_env_files(self.env_files, required=bool(env_files))
-        limit_spec = memory_limit or (settings or {}).get("memory_limit")
-        self.memory_limits = parse_limits(limit_spec, self.type_names,
-                                          source="--memory-limit" if memory_limit else "memory_limit")
-        for type_, limit in self.memory_limits.items():
-            assert limit >= MIN_MEMORY_LIMIT
+        self.env_required = bool(env_files)
+        self.env = load_env_files(self.env_files, required=self.env_required)
+        self.limit_spec = memory_limit or (settings or {}).get("memory_limit")
+        self.limit_source = "--memory-limit" if memory_limit else "memory_limit"
+        self.memory_limits = parse_limits(self.limit_spec, self.type_names, self.limit_source)
         self.extra_env = {}  # e.g. REDIS_URL from managed services
+
+    def reread(self):
+        """Parse the Procfile, env files and limits again, as a new (procfile, env,
+        limits) triple; raises UsageError and changes nothing when any is bad."""
+        procfile = load_procfile(self.procfile_path)
+        env = load_env_files(self.env_files, required=self.env_required)
+        limits = parse_limits(self.limit_spec, list(procfile.types), self.limit_source)
+        return procfile, env, limits
 
     @property
     def scale_file(self):
         return os.path.join(self.directory, SCALE_FILE)
 
-    def saved_formation(self):
+    def saved_formation(self, types=None):
         """The persisted formation: DOKKU_SCALE next to the Procfile if present, else
         the one `dashscale scale` last left in the run directory."""
         for path in (self.scale_file, os.path.join(self.run_dir, "formation")):
             if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    counts = parse_scale_file(f.read(), path)
-                return {k: v for k, v in counts.items() if k == "all" or k in self.procfile.types}
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        counts = parse_scale_file(f.read(), path)
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise UsageError(f"cannot read scale file: {exc}", file=path)
+                types = list(types if types is not None else self.procfile.types)
+                unknown = [k for k in counts if k != "all" and k not in types]
+                if unknown:
+                    raise UsageError(f"unknown process type '{unknown[0]}' (Procfile has: "
+                                     f"{', '.join(types)})", file=path)
+                return counts
         return {}
 
     def save_formation(self, counts):

@@ -84,6 +84,8 @@ class Runner:
         self._tails = {}
         self.started_at = time.time()
         self.created = time.monotonic()
+        self.positions = {t: i for i, t in enumerate(project.type_names)}
+        self.watcher = None
 
     # -- lifecycle -----------------------------------------------------------
     def run(self):
@@ -161,6 +163,9 @@ class Runner:
             self.control = ControlServer(rundir.control_socket(self.run_dir), self)
             await self.control.start()
             tasks = [asyncio.ensure_future(self._monitor()), asyncio.ensure_future(self._tail_logs())]
+            from .reloader import FileWatcher
+            self.watcher = FileWatcher(loop, self._watched_files(), self._files_changed)
+            self.watcher.start()
             ok = await self._await_startup()
             if ok:
                 await self.stopping.wait()
@@ -179,6 +184,8 @@ class Runner:
         self.stopping.set()
 
     async def _shutdown(self):
+        if self.watcher:
+            self.watcher.stop()
         if self.control:
             await self.control.close()
         if self.proxy:
@@ -474,16 +481,16 @@ class Runner:
     async def restart(self, target=None, rolling=False):
         async with self.lock:
             names = self._select(target)
-            for name in names:
-                r = self.replicas[name]
-                if r.restart_timer:
-                    r.restart_timer.cancel()
-                if rolling and r.type == "web":
-                    await self.pool.drain(name, number(self.settings, "stop_timeout"))
-                await asyncio.to_thread(self._restart_now, name)
-                if rolling:
-                    await self._wait_ready(r, number(self.settings, "ready_timeout"))
-            self._event("restart", f"restarted {', '.join(names)}")
+            if rolling:
+                for type_ in dict.fromkeys(self.replicas[n].type for n in names):
+                    await self._roll(type_, [n for n in names if self.replicas[n].type == type_])
+            else:
+                for name in names:
+                    r = self.replicas[name]
+                    if r.restart_timer:
+                        r.restart_timer.cancel()
+                    await asyncio.to_thread(self._restart_now, name)
+            self._event("restart", f"restarted {', '.join(names)}" + (" (rolling)" if rolling else ""))
             return names
 
     def _select(self, target):
@@ -497,16 +504,29 @@ class Runner:
                              f"(running: {', '.join(sorted(self.replicas, key=_order_key))})")
         return sorted(names, key=_order_key)
 
+    async def _roll(self, type_, names):
+        """Replace replicas one at a time: start a new one, wait until it serves, then
+        drain and stop an old one — serving capacity never drops."""
+        timeout = number(self.settings, "ready_timeout")
+        for old_name in names:
+            [new] = await self._add_replicas(type_, 1)
+            if not await self._wait_ready(new, timeout):
+                await self._remove_replica(new)
+                self.out.system(f"rolling {type_}: {new.name} did not become ready; stopped the "
+                                f"roll, {old_name} and the others keep serving")
+                self._event("reload-error", f"roll of {type_} stopped: {new.name} not ready")
+                raise RuntimeFailure(f"{new.name} did not become ready; roll of {type_} stopped")
+            await self._remove_replica(self.replicas[old_name])
+
     async def _wait_ready(self, r, timeout):
+        """Until a (new) replica is ready; False if it failed or the time ran out."""
         deadline = time.monotonic() + timeout
-        pid = r.pid
         while time.monotonic() < deadline:
-            if r.ready and r.pid != pid or (r.ready and pid is None):
+            if r.ready:
                 return True
-            if r.ready and r.pid == pid and r.state == "RUNNING" and r.spawned_at and \
-                    time.monotonic() - r.spawned_at > 0.5:
-                return True
-            await asyncio.sleep(0.05)
+            if r.state == "FATAL":
+                return False
+            await asyncio.sleep(0.02)
         return False
 
     async def scale(self, spec):
@@ -514,24 +534,40 @@ class Runner:
             counts = resolve_formation(self.project.type_names, self.counts, spec,
                                        pod_limit=int(self.settings["pod_limit"]),
                                        max_per_type=int(self.settings["max_replicas_per_type"]))
-            for type_ in self.project.type_names:
-                have = sorted((r for r in self.replicas.values() if r.type == type_),
-                              key=lambda r: r.index)
-                want = counts.get(type_, 0)
-                if want > len(have):
-                    await self._add_replicas(type_, want - len(have))
-                elif want < len(have):
-                    await asyncio.gather(*(self._remove_replica(r) for r in have[want:]))
+            added = await self._apply_counts(counts)
             self.counts = counts
             self.project.save_formation(counts)
             self._event("scale", f"scaled to {format_formation(counts)}")
             self.out.system(f"formation is now {format_formation(counts)}")
             self._save_state()
+            timeout = number(self.settings, "ready_timeout")
+            await asyncio.gather(*(self._wait_ready(r, timeout) for r in added))
             return counts
 
+    async def _apply_counts(self, counts):
+        """Add or remove replicas per type; returns the replicas added."""
+        added, removing = [], []
+        for type_ in self.project.type_names:
+            have = sorted((r for r in self.replicas.values() if r.type == type_),
+                          key=lambda r: r.index)
+            want = counts.get(type_, 0)
+            if want > len(have):
+                added += await self._add_replicas(type_, want - len(have))
+            elif want < len(have):
+                removing += have[want:]
+        await asyncio.gather(*(self._remove_replica(r) for r in removing))
+        return added
+
+    def _position(self, type_):
+        """A type keeps its port block for the whole run, even if the Procfile reorders."""
+        if type_ not in self.positions:
+            self.positions[type_] = max(self.positions.values(), default=-1) + 1
+        return self.positions[type_]
+
     async def _add_replicas(self, type_, n):
+        from .formation import ReplicaSpec
         used = {r.index for r in self.replicas.values() if r.type == type_}
-        position = self.project.type_names.index(type_)
+        position = self._position(type_)
         new = []
         index = 1
         while len(new) < n:
@@ -539,22 +575,101 @@ class Runner:
                 port = replica_port(position, index, self.base_port)
                 if rundir.port_in_use(port):
                     raise RuntimeFailure(f"port {port} for {type_}.{index} is in use")
-                from .formation import ReplicaSpec
                 new.append(self._new_replica(ReplicaSpec(f"{type_}.{index}", type_, index, port)))
             index += 1
         await asyncio.to_thread(self._add_and_start, [r.name for r in new])
+        return new
 
     async def _remove_replica(self, r):
+        """Drain (no new requests; in-flight ones finish within the grace), then stop."""
         grace = number(self.settings, "stop_timeout")
-        await self.pool.drain(r.name, grace)
+        r.removing = True
+        drained = await self.pool.drain(r.name, grace)
+        if not drained:
+            self.out.system(f"{r.name}: requests still in flight after {grace:g}s; stopping anyway")
         if self.guard:
             self.guard.unwatch(r.name)
-        if r.probe:
-            r.probe.cancel()
+        for task in (r.probe, r.restart_timer):
+            if task:
+                task.cancel()
         await asyncio.to_thread(self.sup.remove, r.name)
         self.pool.forget(r.name)
         self.replicas.pop(r.name, None)
         self._tails.pop(r.name, None)
+
+    # -- reload on file changes --------------------------------------------------
+    def _watched_files(self):
+        return [self.project.procfile_path, self.project.scale_file, *self.project.env_files]
+
+    def _files_changed(self, paths):
+        if self.stopping.is_set():
+            return
+        self._reload_task = asyncio.ensure_future(self.reload(paths))
+
+    async def reload(self, paths=()):
+        """Apply an edit of the Procfile / env files / scale file. Anything invalid is
+        reported with file and line and changes nothing."""
+        async with self.lock:
+            t0 = time.monotonic()
+            try:
+                procfile, env, limits = self.project.reread()
+                types = list(procfile.types)
+                caps = dict(pod_limit=int(self.settings["pod_limit"]),
+                            max_per_type=int(self.settings["max_replicas_per_type"]))
+                counts = {t: self.counts.get(t, 1) for t in types}
+                # A deleted scale file says nothing: keep the formation as it is.
+                scale_changed = self.project.scale_file in paths and \
+                    os.path.exists(self.project.scale_file)
+                if scale_changed or any(t not in self.counts for t in types):
+                    # The scale file (or the saved formation) says how many of a new type.
+                    saved = resolve_formation(types, self.project.saved_formation(types), **caps)
+                    counts.update({t: n for t, n in saved.items()
+                                   if scale_changed or t not in self.counts})
+                counts = resolve_formation(types, counts, **caps)
+            except UsageError as exc:
+                if exc.file is None:  # a cap or formation error: say which file caused it
+                    exc.file = self.project.scale_file if self.project.scale_file in paths \
+                        else self.project.procfile_path
+                self.out.system(f"reload: {exc} — nothing changed, still running "
+                                f"{format_formation(self.counts)}")
+                self._event("reload-error", str(exc))
+                return False
+            old = self.project.procfile.types
+            env_changed = env != self.project.env
+            removed = [t for t in old if t not in procfile.types]
+            changed = [t for t in types if t in old and (
+                old[t].command != procfile.types[t].command or env_changed
+                or limits[t] != self.limits.get(t))]
+            if not removed and not changed and counts == self.counts:
+                return True  # saved with the same content
+            self.project.procfile, self.project.type_names, self.project.env = procfile, types, env
+            self.limits = limits
+            for t in types:
+                self._position(t)
+            what = []
+            for t in removed:
+                what.append(f"removed {t}")
+                await asyncio.gather(*(self._remove_replica(r) for r in list(self.replicas.values())
+                                       if r.type == t))
+            added = await self._apply_counts(counts)
+            if added:
+                what.append("started " + ", ".join(r.name for r in added))
+            self.counts = counts
+            for t in changed:
+                names = sorted((n for n, r in self.replicas.items() if r.type == t and r not in added),
+                               key=_order_key)
+                if names:
+                    what.append(f"rolling {t}")
+                    self.out.system(f"reload: {t} changed; rolling {len(names)} replica(s)")
+                    try:
+                        await self._roll(t, names)
+                    except RuntimeFailure as exc:
+                        what[-1] = f"roll of {t} FAILED ({exc}); old replicas kept"
+            self._save_state()
+            summary = "; ".join(what) or "formation " + format_formation(counts)
+            self.out.system(f"reload applied in {time.monotonic() - t0:.2f}s: {summary}")
+            self._event("reload", summary)
+            return True
 
     async def stop(self):
         self.stopping.set()

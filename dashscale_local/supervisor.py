@@ -70,6 +70,15 @@ def _gunicorn_args(command):
     return None
 
 
+def _leading_assignment(command):
+    try:
+        first = shlex.split(command)[0]
+    except (ValueError, IndexError):
+        return False
+    name, eq, _ = first.partition("=")
+    return bool(eq) and name.isidentifier()
+
+
 def has_bind(args):
     return any(a in ("-b", "--bind") or a.startswith("--bind=") or
                (a.startswith("-b") and not a.startswith("--")) for a in args)
@@ -89,7 +98,12 @@ def launcher_script(name, command, env):
     for key, value in env.items():
         lines.append(f"export {key}={shlex.quote(str(value))}")
     command = replica_command(command)
-    lines.append(command if _is_compound(command) else f"exec {command}")
+    if _is_compound(command):
+        lines.append(command)
+    elif _leading_assignment(command):
+        lines.append(f"exec env {command}")  # `exec VAR=1 cmd` is not valid sh
+    else:
+        lines.append(f"exec {command}")
     return "\n".join(lines) + "\n"
 
 

@@ -686,3 +686,46 @@ def test_error_response_parses(status):
         assert resp.get(b"retry-after") == b"3"
     else:
         assert resp.get(b"retry-after") is None
+
+
+# ------------------------------------------------------- independence from llhttp version
+
+
+def test_installed_llhttp_is_strict():
+    from dashscale_local import http11
+
+    assert http11._LLHTTP_STRICT
+
+
+HEAD_LEVEL_BAD = [(name, raw) for name, raw, status in BAD
+                  if status == 400 and not name.startswith("chunk") and any(k in name for k in (
+                      "LF-only", "bare CR", "obs-fold", "before colon", "NUL", "SOH", "DEL",
+                      "token char", "non-ASCII in name", "empty field name",
+                      "without colon", "whitespace line"))]
+
+
+@pytest.mark.parametrize("name,raw", HEAD_LEVEL_BAD, ids=[n for n, _ in HEAD_LEVEL_BAD])
+def test_fallback_checks_for_lenient_llhttp(name, raw, monkeypatch):
+    """With an llhttp that accepted these (old httptools), our own checks reject them."""
+    from dashscale_local import http11
+
+    assert len(HEAD_LEVEL_BAD) >= 10
+    trailer = name.startswith("trailer")
+    start = raw.index(b"\r\n\r\n0\r\n") + 7 if trailer else 0  # the trailer section
+    end = raw.find(b"\r\n\r\n", start)
+    end = len(raw) if end < 0 else end + 4
+    with pytest.raises(ProtocolError) as ei:
+        http11._check_head_bytes(raw, start, end, start_line=not trailer)
+    assert ei.value.status == 400
+    # and the whole parser still behaves with the fallback switched on
+    monkeypatch.setattr(http11, "_LLHTTP_STRICT", False)
+    assert status_of(raw) == 400
+    assert status_of(raw, bytewise=True) == 400
+    ok = parse(BROWSER_GET + DASH_POST + b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+               b"chunked\r\n\r\n1\r\nx\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n", bytewise=True)
+    assert [e.method for e in ok if isinstance(e, Request)] == [b"GET", b"POST", b"POST"]
+
+
+def test_expect_without_body_needs_no_continue():
+    req = parse(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n")[0]
+    assert not req.expect_continue

@@ -11,7 +11,7 @@ Shapes of process tree it can build (all in the caller's process group unless --
 
 and how the master grows, after the tree is set up:
 
-  --alloc MiB                      one step (one bytearray, every page written at full speed)
+  --alloc MiB                      one step (one mapping, every page written at full speed)
   --step MiB --every MS --max MiB  gradual: STEP MiB every MS ms (fixed-rate) up to MAX MiB
   --commands                       read commands on stdin: "alloc N" (MiB, one step),
                                    "grow STEP EVERY MAX" (gradual, as the options),
@@ -32,6 +32,7 @@ this is never later than the PSS crossing). Works when the hog is killed mid-ste
 """
 import argparse
 import json
+import mmap
 import os
 import signal
 import sys
@@ -42,13 +43,17 @@ PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def fill(nbytes, mark=None):
-    """One allocation of nbytes (a bytearray), every page written so it is resident.
+    """One allocation of nbytes (an mmap), every page written so it is resident.
 
     The pages are faulted in 1 MiB at a time at full speed (≈0.7 ms per MiB here), so a
     mark file can log the moment the process crossed a limit to within ~1 ms even for a
     300 MiB "one step" allocation, which takes ~0.2 s of page faults in all.
     """
-    buf = bytearray(nbytes)  # calloc: fresh zero pages, nothing resident yet
+    if nbytes <= 0:
+        return b""
+    # a private anonymous mapping: nothing resident until written, copy-on-write across fork
+    # (bytearray(n) would memset it all at once, bytes * n likewise)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
     ones = b"\x01" * len(range(0, MiB, PAGE))
     for off in range(0, nbytes, MiB):
         if mark is not None:

@@ -1,0 +1,530 @@
+"""`dashscale export k8s|supervisord`: the same Procfile, formation, limits and .env as
+`start`, written as Kubernetes manifests or as a standalone supervisord config.
+
+Kubernetes (``export k8s``)
+---------------------------
+- One Deployment per process type: ``replicas`` from the formation (default: the
+  persisted one, as for ``start``; a type scaled to 0 keeps its Deployment with
+  ``replicas: 0``), the Procfile command, resources as Dash Enterprise's defaults
+  (requests memory 128Mi, or the limit if that is lower; limits memory = the memory
+  limit of the type).
+- Every container listens on one port (``--port``, default 8050): each pod has its own
+  network namespace, so replicas need no port blocks as they do locally. ``$PORT`` /
+  ``${PORT}`` / ``${PORT:-N}`` in the command are resolved to it and ``PORT`` is set.
+- gunicorn without ``--bind`` gets ``--bind 0.0.0.0:PORT``. Locally dashscale binds
+  replicas to 127.0.0.1 (only the proxy may reach them); in a cluster the pod must
+  listen on its pod IP for the Service and the kubelet's probe to reach it. This is the
+  one deliberate difference from a local replica's command.
+- The command runs in exec form (``["gunicorn", "app:server", …]``) when it is a plain
+  argv, else as ``["/bin/sh", "-c", "exec …"]`` (other ``$VARS``, quoting the shell must
+  see, ``&&``, pipes…).
+- ``.env`` becomes a ConfigMap ``<name>-env``; keys that look secret (``*SECRET*``,
+  ``*PASSWORD*``, ``*TOKEN*``, ``*_KEY``, ``*CREDENTIAL*``, … or URLs with a password
+  such as ``postgres://u:p@db/x``) go to a Secret ``<name>-secret`` instead (``stringData``,
+  written with mode 0600 in ``-o DIR``). Both are referenced with ``envFrom``; PORT,
+  PYTHONUNBUFFERED=1, DASHSCALE_REPLICA (the pod name) and the ``--app-name`` variables
+  are set with ``env`` and win over ``.env``.
+- ``web`` gets a containerPort named ``http``, a readinessProbe (``httpGet`` on the app's
+  path) and a Service ``<name>-web`` (port 80 → http). With ``--app-name NAME`` the
+  containers get DASH_APP_NAME, DASH_REQUESTS_PATHNAME_PREFIX=/NAME/ and
+  DASH_ROUTES_PATHNAME_PREFIX=/NAME/ (as Dash Enterprise sets them) and an Ingress routes
+  ``/NAME/`` (pathType Prefix, the cluster's default ingress class) to the Service.
+- Object names are ``<name>-<type>``; ``<name>`` is ``--app-name``, else the Procfile's
+  directory name. Names must be DNS-1123 labels: process types are lowercased and ``_``
+  becomes ``-``; a type that cannot be made valid, or two types that collide, or a name
+  longer than 63 characters is an error (exit 2).
+- Labels: ``app``, ``process-type`` and ``app.kubernetes.io/managed-by: dashscale``.
+- ``--image`` defaults to ``dashscale-app:latest``: build an image whose WORKDIR holds the
+  Procfile's directory and whose PATH has gunicorn.
+- ``-o DIR`` writes one file per object (``deployment-<name>-web.yaml`` …); no ``-o`` or
+  ``-o -`` writes multi-document YAML on stdout.
+
+supervisord (``export supervisord``)
+------------------------------------
+A complete config for ``supervisord -c FILE`` (no dashscale needed): one
+``[program:web.N]`` per replica in a ``[group:web]``, ports as ``start`` plans them
+(``--base-port``), environment PORT, DASHSCALE_REPLICA, PYTHONUNBUFFERED and ``.env``,
+autorestart, stopasgroup/killasgroup, control on a unix socket (chmod 0700) and no
+``[inet_http_server]``. Socket, pid file and logs live next to the config file
+(``%(here)s``). supervisord does not enforce memory limits: they appear as comments.
+Replicas bind 127.0.0.1 as locally; there is no proxy (each replica has its own port).
+A ``.env`` value supervisord's ``environment=`` syntax cannot carry (a newline, both
+kinds of quotes, a quote at either end, or ``;``/``#`` after a space) is an error.
+"""
+import os
+import re
+import shlex
+import sys
+
+import click
+
+from .errors import UsageError
+from .formation import format_formation, plan_replicas
+from .sizes import format_size
+from .supervisor import _is_compound, replica_command
+
+DEFAULT_IMAGE = "dashscale-app:latest"
+CONTAINER_PORT = 8050
+SERVICE_PORT = 80
+MEMORY_REQUEST = 128 * 2**20  # Dash Enterprise's default request
+MANAGED_BY = "dashscale"
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+SECRET_KEY = re.compile(
+    r"(SECRET|PASSWORD|PASSWD|PASSPHRASE|TOKEN|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|"
+    r"_KEY$|^KEY$|_PWD$|^PWD$|_PASS$|_DSN$|AUTH)", re.IGNORECASE)
+URL_WITH_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]+@")
+
+# ``$PORT``, ``${PORT}``, ``${PORT:-5000}``, ``${PORT-5000}``, ``${PORT:=5000}``
+PORT_REF = re.compile(r"\$(?:PORT(?![A-Za-z0-9_])|\{PORT(?::?[-=][^}]*)?\})")
+SHELL_CHARS = re.compile(r"[$`\\*?\[\]{}~#!]")
+
+
+# ─── commands ─────────────────────────────────────────────────────────────────────────
+def resolve_port(command, port):
+    """Replace ``$PORT`` references (not inside single quotes) with ``port``."""
+    out, i, single, double = [], 0, False, False
+    while i < len(command):
+        c = command[i]
+        if c == "\\" and not single:
+            out.append(command[i:i + 2])
+            i += 2
+            continue
+        if c == "'" and not double:
+            single = not single
+        elif c == '"' and not single:
+            double = not double
+        elif c == "$" and not single:
+            m = PORT_REF.match(command, i)
+            if m:
+                out.append(str(port))
+                i = m.end()
+                continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def command_argv(command):
+    """The command as an argv: exec form when it is a plain argv, else through sh."""
+    argv = None
+    if not _is_compound(command) and not SHELL_CHARS.search(command):
+        try:
+            argv = shlex.split(command)
+        except ValueError:
+            argv = None
+    if argv and "=" not in argv[0]:
+        return argv
+    return ["/bin/sh", "-c", command if _is_compound(command) else f"exec {command}"]
+
+
+def _dash_prefix_env(app_name):
+    if not app_name:
+        return {}
+    prefix = f"/{app_name}/"
+    return {"DASH_APP_NAME": app_name, "DASH_REQUESTS_PATHNAME_PREFIX": prefix,
+            "DASH_ROUTES_PATHNAME_PREFIX": prefix}
+
+
+def _check_app_name(app_name):
+    if app_name is not None and (len(app_name) > 63 or not DNS_1035.match(app_name)):
+        raise UsageError(f"invalid app name {app_name!r}: use lowercase letters, digits and "
+                         "'-', starting with a letter, at most 63 characters (as Dash "
+                         "Enterprise and Kubernetes require)", "--app-name")
+
+
+# ─── loading the project (as `start` does) ────────────────────────────────────────────
+def load(procfile, env_files, formation, memory_limit, base_port=None):
+    from .config import load_settings
+    from .project import Project
+
+    procfile = os.path.abspath(procfile)
+    settings = load_settings(os.path.dirname(procfile),
+                             {"memory_limit": memory_limit, "base_port": base_port})
+    project = Project(procfile, env_files, memory_limit, settings)
+    counts = project.formation(formation, settings)
+    return project, settings, counts
+
+
+# ─── Kubernetes ───────────────────────────────────────────────────────────────────────
+def k8s_quantity(n):
+    """Bytes as a Kubernetes quantity: ``2Gi``, ``512Mi``, ``8G``, or plain bytes."""
+    for unit, scale in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10),
+                        ("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
+def dns_name(type_name):
+    """A process type as a DNS-1123 label part: lowercase, '_' → '-'."""
+    return type_name.lower().replace("_", "-")
+
+
+def _base_name(project, app_name):
+    if app_name:
+        return app_name
+    name = re.sub(r"[^a-z0-9-]+", "-", os.path.basename(project.directory).lower())
+    name = re.sub(r"-+", "-", name).strip("-")
+    name = re.sub(r"^[0-9-]+", "", name)[:40].rstrip("-")  # DNS-1035: starts with a letter
+    return name or "app"
+
+
+def _object_names(project, base):
+    names, seen = {}, {}
+    for ptype in project.procfile.types.values():
+        part = dns_name(ptype.name)
+        full = f"{base}-{part}"
+        where = (project.procfile_path, ptype.line)
+        if not DNS_LABEL.match(part):
+            raise UsageError(f"process type {ptype.name!r} cannot be a Kubernetes name "
+                             "(use letters and digits, with '-' or '_' only inside)", *where)
+        if part in seen:
+            raise UsageError(f"process types {seen[part]!r} and {ptype.name!r} both become "
+                             f"{full!r} in Kubernetes", *where)
+        if len(full) > 63:
+            raise UsageError(f"Kubernetes name {full!r} is longer than 63 characters "
+                             "(use a shorter --app-name or process type)", *where)
+        seen[part] = ptype.name
+        names[ptype.name] = full
+    return names
+
+
+def split_env(env):
+    """(config, secret): .env entries split by whether they look like secrets."""
+    config, secret = {}, {}
+    for key, value in env.items():
+        looks_secret = SECRET_KEY.search(key) or URL_WITH_PASSWORD.match(value or "")
+        (secret if looks_secret else config)[key] = str(value)
+    return config, secret
+
+
+def k8s_objects(project, counts, image=DEFAULT_IMAGE, app_name=None, port=CONTAINER_PORT):
+    """The manifests as a list of dicts, in apply order."""
+    _check_app_name(app_name)
+    base = _base_name(project, app_name)
+    names = _object_names(project, base)
+    for key in project.env:
+        if not CONFIGMAP_KEY.match(key):
+            raise UsageError(f"env key {key!r} cannot be a ConfigMap/Secret key "
+                             "(letters, digits, '-', '_' and '.' only)", project.env_files[-1])
+    config, secret = split_env(project.env)
+    common = {"app": base, "app.kubernetes.io/managed-by": MANAGED_BY}
+    objects = []
+    env_from = []
+    if config:
+        objects.append({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": f"{base}-env", "labels": dict(common)},
+                        "data": dict(sorted(config.items()))})
+        env_from.append({"configMapRef": {"name": f"{base}-env"}})
+    if secret:
+        objects.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                        "metadata": {"name": f"{base}-secret", "labels": dict(common)},
+                        "stringData": dict(sorted(secret.items()))})
+        env_from.append({"secretRef": {"name": f"{base}-secret"}})
+
+    path = f"/{app_name}/" if app_name else "/"
+    fixed_env = {"PORT": str(port), "PYTHONUNBUFFERED": "1", **_dash_prefix_env(app_name)}
+    for ptype in project.procfile.types.values():
+        labels = {**common, "process-type": dns_name(ptype.name)}
+        selector = {"app": base, "process-type": dns_name(ptype.name)}
+        limit = project.memory_limits[ptype.name]
+        command = resolve_port(replica_command(ptype.command, host="0.0.0.0"), port)
+        container = {
+            "name": dns_name(ptype.name),
+            "image": image,
+            "command": command_argv(command),
+            "env": [{"name": k, "value": v} for k, v in fixed_env.items()] + [
+                {"name": "DASHSCALE_REPLICA",
+                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+            "resources": {"requests": {"memory": k8s_quantity(min(MEMORY_REQUEST, limit))},
+                          "limits": {"memory": k8s_quantity(limit)}},
+        }
+        if env_from:
+            container["envFrom"] = [dict(e) for e in env_from]
+        if ptype.name == "web":
+            container["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+            container["readinessProbe"] = {
+                "httpGet": {"path": path, "port": "http"},
+                "initialDelaySeconds": 2, "periodSeconds": 5, "timeoutSeconds": 5,
+                "failureThreshold": 3}
+        objects.append({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": names[ptype.name], "labels": labels,
+                         "annotations": {"dashscale/process-type": ptype.name,
+                                         "dashscale/procfile-command": ptype.command}},
+            "spec": {"replicas": counts.get(ptype.name, 0),
+                     "selector": {"matchLabels": selector},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [container]}}}})
+    if "web" in names:
+        service = names["web"]
+        objects.append({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": service, "labels": {**common, "process-type": "web"}},
+            "spec": {"type": "ClusterIP",
+                     "selector": {"app": base, "process-type": "web"},
+                     "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http",
+                                "protocol": "TCP"}]}})
+        if app_name:
+            objects.append({
+                "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": base, "labels": dict(common)},
+                "spec": {"rules": [{"http": {"paths": [{
+                    "path": path, "pathType": "Prefix",
+                    "backend": {"service": {"name": service,
+                                            "port": {"name": "http"}}}}]}}]}})
+    elif app_name:
+        click.echo("dashscale: no 'web' process type: no Service or Ingress written",
+                   err=True)
+    return objects
+
+
+def to_yaml(obj):
+    """One YAML document. PyYAML when installed; else JSON, which is valid YAML."""
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - pyyaml is a dependency
+        import json
+        return json.dumps(obj, indent=2) + "\n"
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):  # no &id001/*id001 for the repeated labels
+            return True
+    return yaml.dump(obj, Dumper=Dumper, sort_keys=False, default_flow_style=False,
+                     width=10**6, allow_unicode=True)
+
+
+def _header(project, counts, what, comment="#"):
+    return (f"{comment} Generated by `dashscale export {what}` from {project.procfile_path}\n"
+            f"{comment} formation {format_formation(counts)}; memory limits "
+            + ", ".join(f"{t}={format_size(v)}" for t, v in project.memory_limits.items())
+            + "\n")
+
+
+def _write_private(path, text, mode):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def write_k8s(objects, output, header):
+    if output in (None, "-"):
+        docs = [to_yaml(o) for o in objects]
+        sys.stdout.write(header + "---\n" + "---\n".join(docs))
+        return []
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UsageError("exists and is not a directory (k8s export writes one file per "
+                         "object into a directory)", output)
+    try:
+        os.makedirs(output, exist_ok=True)
+        written = []
+        for obj in objects:
+            path = os.path.join(output, f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml")
+            mode = 0o600 if obj["kind"] == "Secret" else 0o644
+            _write_private(path, header + to_yaml(obj), mode)
+            written.append(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write: {exc.strerror}", exc.filename or output) from None
+    return written
+
+
+# ─── supervisord ──────────────────────────────────────────────────────────────────────
+ENV_WORDCHARS = re.compile(r"^[A-Za-z0-9_/.+\-():]+$")  # supervisor's unquoted token chars
+
+
+def _pct(text):
+    return text.replace("%", "%%")  # supervisor expands %(name)s in every value
+
+
+def supervisor_env_value(key, value, source):
+    """``value`` as supervisor's ``environment=`` parser reads it back exactly.
+
+    supervisor splits the line with a non-POSIX shlex (no escapes: a value is a bare
+    word or quoted with the other kind of quote), strips every quote character at both
+    ends of a value, expands ``%``, and its config parser cuts the line at ``;``/``#``
+    after whitespace. Values it cannot carry are errors, never silently changed.
+    """
+    def bad(why):
+        return UsageError(f"{key}: {why}: supervisord's environment= syntax cannot carry "
+                          "this value", source)
+    if not ENV_WORDCHARS.match(key):
+        raise bad("key is not a plain word")
+    if any(c in value for c in "\n\r\0"):
+        raise bad("value contains a line break or NUL")
+    if re.search(r"\s[;#]", value):
+        raise bad("value contains ';' or '#' after whitespace (read as a comment)")
+    if value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
+        raise bad("value starts or ends with a quote (supervisord strips it)")
+    if "%(here)s" in value:
+        raise bad("value contains '%(here)s'")
+    if value and ENV_WORDCHARS.match(value):
+        quoted = value
+    elif '"' not in value:
+        quoted = f'"{value}"'
+    elif "'" not in value:
+        quoted = f"'{value}'"
+    else:
+        raise bad("value contains both kinds of quotes")
+    return f"{key}={_pct(quoted)}"
+
+
+def _supervisor_value(text, what, source):
+    if re.search(r"\s[;#]", text) or "\n" in text:
+        raise UsageError(f"{what} contains ';' or '#' after whitespace, which supervisord "
+                         "reads as a comment", *source)
+    return _pct(text)
+
+
+def supervisord_conf(project, settings, counts, app_name=None):
+    """The text of a standalone supervisord.conf for the formation."""
+    _check_app_name(app_name)
+    replicas = plan_replicas(project.type_names, counts, int(settings["base_port"]))
+    env_source = project.env_files[-1]
+    fixed_keys = {"PORT", "DASHSCALE_REPLICA", "PYTHONUNBUFFERED", *_dash_prefix_env(app_name)}
+    dotenv = [supervisor_env_value(k, str(v), env_source) for k, v in project.env.items()
+              if k not in fixed_keys]  # dashscale's own variables win, as in `start`
+    lines = [_header(project, counts, "supervisord", ";").rstrip("\n"),
+             "; Run it with: supervisord -c THIS_FILE   (in the foreground: add -n)",
+             "; Control it:  supervisorctl -c THIS_FILE status | restart web:* | shutdown",
+             "; Socket, pid file and logs are written next to this file (%(here)s).",
+             "; Control is over the unix socket only: there is no [inet_http_server].",
+             "",
+             "[unix_http_server]",
+             "file = %(here)s/supervisord.sock",
+             "chmod = 0700",
+             "",
+             "[supervisord]",
+             "logfile = %(here)s/supervisord.log",
+             "logfile_maxbytes = 10MB",
+             "logfile_backups = 1",
+             "pidfile = %(here)s/supervisord.pid",
+             "childlogdir = %(here)s",
+             "loglevel = info",
+             "",
+             "[rpcinterface:supervisor]",
+             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+             "",
+             "[supervisorctl]",
+             "serverurl = unix://%(here)s/supervisord.sock",
+             ""]
+    by_type = {}
+    for spec in replicas:
+        by_type.setdefault(spec.type, []).append(spec)
+    for type_name in project.type_names:
+        ptype = project.procfile.types[type_name]
+        where = (project.procfile_path, ptype.line)
+        specs = by_type.get(type_name, [])
+        if not specs:
+            lines += [f"; {type_name}: 0 replicas in this formation", ""]
+            continue
+        lines += [f"[group:{type_name}]",
+                  "programs = " + ",".join(s.name for s in specs), ""]
+        for spec in specs:
+            command = resolve_port(replica_command(ptype.command), spec.port)
+            argv_text = shlex.join(command_argv(command))
+            env = [f"PORT={spec.port}", f"DASHSCALE_REPLICA={spec.name}",
+                   "PYTHONUNBUFFERED=1"]
+            env += [supervisor_env_value(k, v, "--app-name")
+                    for k, v in _dash_prefix_env(app_name).items()]
+            env += dotenv
+            lines += [
+                f"; {spec.name}: Procfile line {ptype.line}: {ptype.command}".replace("\n", " "),
+                f"; memory limit {format_size(project.memory_limits[type_name])} "
+                "(not enforced by supervisord)",
+                f"[program:{spec.name}]",
+                f"command = {_supervisor_value(argv_text, 'the command', where)}",
+                f"directory = {_supervisor_value(project.directory, 'the directory', where)}",
+                f"environment = {','.join(env)}",
+                "autostart = true",
+                "autorestart = true",
+                f"startsecs = {int(float(settings['startsecs']))}",
+                f"startretries = {int(float(settings['startretries']))}",
+                "stopsignal = TERM",
+                f"stopwaitsecs = {int(float(settings['stop_timeout']))}",
+                "stopasgroup = true",
+                "killasgroup = true",
+                "redirect_stderr = true",
+                f"stdout_logfile = %(here)s/{spec.name}.log",
+                "stdout_logfile_maxbytes = 50MB",
+                "stdout_logfile_backups = 1",
+                ""]
+    return "\n".join(lines)
+
+
+# ─── CLI ──────────────────────────────────────────────────────────────────────────────
+def _common(fn):
+    for decorator in reversed([
+            procfile_option,
+            click.option("-m", "-c", "--formation", "formation", multiple=True,
+                         help="Replicas per type: web=4,worker=1 or all=2 "
+                              "(default: the persisted formation, else 1 each)."),
+            click.option("--memory-limit", default=None,
+                         help="8GiB, or per type: web=2GiB,worker=512MiB (default 8GiB)."),
+            click.option("-e", "--env", "env_files", multiple=True,
+                         help="Env file(s) (default: .env next to the Procfile)."),
+            click.option("--app-name", default=None,
+                         help="Serve under /NAME/ (sets DASH_APP_NAME and the Dash "
+                              "pathname prefixes)."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+@click.group()
+def export():
+    """Write the formation as Kubernetes manifests or a supervisord config."""
+
+
+# Imported only now: cli.py imports this module at its end to register `export`, and
+# under `python -m dashscale_local.cli` that import re-runs cli.py, which must find the
+# group above already defined.
+from .cli import handle_errors, procfile_option  # noqa: E402
+
+
+@export.command("k8s")
+@_common
+@click.option("-o", "--output", default=None,
+              help="Directory: one YAML file per object. Omitted or '-': multi-document "
+                   "YAML on stdout.")
+@click.option("--image", default=DEFAULT_IMAGE, show_default=True,
+              help="Container image holding the app (WORKDIR = the Procfile's directory).")
+@click.option("--port", "port", type=click.IntRange(1, 65535), default=CONTAINER_PORT,
+              show_default=True, help="Port every container listens on ($PORT).")
+@handle_errors
+def export_k8s(procfile, formation, memory_limit, env_files, app_name, output, image, port):
+    """Kubernetes manifests: a Deployment per process type, a Service (and with
+    --app-name an Ingress) for web, .env as ConfigMap/Secret."""
+    _check_app_name(app_name)
+    project, _settings, counts = load(procfile, env_files, formation, memory_limit)
+    objects = k8s_objects(project, counts, image=image, app_name=app_name, port=port)
+    written = write_k8s(objects, output, _header(project, counts, "k8s"))
+    for path in written:
+        click.echo(f"wrote {path}", err=True)
+
+
+@export.command("supervisord")
+@_common
+@click.option("-o", "--output", default=None,
+              help="File to write (omitted or '-': stdout). Logs and the socket go next to it.")
+@click.option("--base-port", type=click.IntRange(1, 65535), default=None,
+              help="First replica port (default 5006; +100 per type, +1 per replica).")
+@handle_errors
+def export_supervisord(procfile, formation, memory_limit, env_files, app_name, output,
+                       base_port):
+    """A standalone supervisord config: run it with `supervisord -c FILE`."""
+    _check_app_name(app_name)
+    project, settings, counts = load(procfile, env_files, formation, memory_limit, base_port)
+    text = supervisord_conf(project, settings, counts, app_name)
+    if output in (None, "-"):
+        sys.stdout.write(text)
+        return
+    if os.path.isdir(output):
+        raise UsageError("is a directory (supervisord export writes one file)", output)
+    try:
+        _write_private(output, text, 0o600)  # may hold .env values
+    except OSError as exc:
+        raise UsageError(f"cannot write: {exc.strerror}", output) from None
+    click.echo(f"wrote {output}", err=True)

@@ -1,0 +1,349 @@
+"""dash_client (the Dash callback protocol) and `dashscale bench`.
+
+Unit tests build requests from real apps' /_dash-layout and /_dash-dependencies (Flask
+test client) and check the server accepts them; a few drive a small app served on
+loopback in-process; the slow ones bench the sample app on real replicas.
+"""
+import json
+import threading
+
+import pytest
+from click.testing import CliRunner
+from dash import ALL, MATCH, Dash, Input, Output, State, dcc, html
+from werkzeug.serving import make_server
+
+from dashscale_local import bench as B
+from dashscale_local.cli import main
+from dashscale_local.dash_client import (DashApp, DashProtocolError, Session, decode_response,
+                                         split_output, stringify_id)
+from dashscale_local.testing import free_port
+
+DESIGN_KEYS = {"clicks", "users", "callbacks_per_click", "click_p50_s", "click_p95_s",
+               "click_max_s", "ideal_s", "errors", "replicas", "skipped"}
+
+
+def app_from(dash_app):
+    client = dash_app.server.test_client()
+    return DashApp.from_json(client.get("/_dash-layout").get_json(),
+                             client.get("/_dash-dependencies").get_json()), client
+
+
+@pytest.fixture
+def sample(monkeypatch):
+    import sample_app.app as mod
+    monkeypatch.setattr(mod, "CALLBACK_SECONDS", 0)
+    return mod
+
+
+def probe_app():
+    """Multi-output with State, a chained callback, allow_duplicate, no-output."""
+    app = Dash("probe")
+    app.layout = html.Div([
+        html.Button("go", id="btn", n_clicks=0),
+        dcc.Input(id="txt", value="hello"),
+        html.Div(id="a"), html.Div(id="b"), html.Div(id="c"), html.Div(id="d"),
+    ])
+
+    @app.callback(Output("a", "children"), Output("b", "children"),
+                  Input("btn", "n_clicks"), State("txt", "value"))
+    def two(n, text):
+        return f"{n}{text}", "b"
+
+    @app.callback(Output("c", "children"), Input("a", "children"))
+    def chained(a):
+        return (a or "") + "!"
+
+    @app.callback(Output("d", "children", allow_duplicate=True), Input("btn", "n_clicks"),
+                  prevent_initial_call=True)
+    def dup(n):
+        return f"d{n}"
+
+    @app.callback(Input("txt", "value"))
+    def no_output(value):
+        pass
+
+    return app
+
+
+def skipping_app():
+    """Callbacks the bench cannot drive, next to one it can."""
+    app = Dash("skipping")
+    app.layout = html.Div([
+        html.Button("go", id="btn", n_clicks=0),
+        html.Div(id="plain"), html.Div(id="cs"), html.Div(id="after-cs"),
+        html.Button("pm", id={"type": "pm", "index": 1}, n_clicks=0),
+        html.Div(id={"type": "out", "index": 1}),
+        html.Div(id={"type": "all", "index": 1}),
+    ])
+
+    @app.callback(Output("plain", "children"), Input("btn", "n_clicks"))
+    def plain(n):
+        return n
+
+    app.clientside_callback("function(n) { return n; }",
+                            Output("cs", "children"), Input("btn", "n_clicks"))
+
+    @app.callback(Output("after-cs", "children"), Input("cs", "children"))
+    def after_cs(v):
+        return v
+
+    @app.callback(Output({"type": "all", "index": ALL}, "children"), Input("btn", "n_clicks"))
+    def fan_out(n):
+        return [n]
+
+    @app.callback(Output({"type": "out", "index": MATCH}, "children"),
+                  Input({"type": "pm", "index": MATCH}, "n_clicks"))
+    def matched(n):
+        return n
+
+    return app
+
+
+class Served:
+    def __init__(self, app):
+        wsgi = app.server if isinstance(app, Dash) else app
+        self.server = make_server("127.0.0.1", 0, wsgi, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def factory(app):
+        servers.append(Served(app))
+        return servers[-1]
+    yield factory
+    for s in servers:
+        s.close()
+
+
+# -- request building ----------------------------------------------------------------
+
+def test_sample_app_request_is_the_renderers(sample):
+    app, client = app_from(sample.app)
+    assert app.default_input() == "btn.n_clicks"
+    plan = app.plan("btn.n_clicks")
+    assert [cb.name for cb in plan.direct] == [f"graph-{i}.figure" for i in range(1, 5)]
+    assert plan.chained == [] and plan.skipped == []
+    values = dict(app.values)
+    changes = app.click_changes("btn.n_clicks", values)
+    assert changes["btn.n_clicks"] == 1 and "btn.n_clicks_timestamp" in changes
+    values.update(changes)
+    body = app.build_request(plan.direct[0], values, set(changes))
+    assert body == {"output": "graph-1.figure",
+                    "outputs": {"id": "graph-1", "property": "figure"},
+                    "inputs": [{"id": "btn", "property": "n_clicks", "value": 1}],
+                    "changedPropIds": ["btn.n_clicks"],
+                    "parsedChangedPropsIds": ["btn.n_clicks"]}
+    resp = client.post("/_dash-update-component", json=body)
+    update = decode_response(resp.status_code, resp.data)
+    assert "click 1" in update["graph-1"]["figure"]["layout"]["title"]["text"]
+
+
+def test_sample_app_state_and_two_inputs(sample):
+    app, client = app_from(sample.app)
+    plan = app.plan("hog-alloc.n_clicks")
+    assert [cb.name for cb in plan.direct] == ["hog-status.children"]
+    values = dict(app.values, **{"hog-mib.value": 1})
+    values.update(app.click_changes("hog-alloc.n_clicks", values))
+    body = app.build_request(plan.direct[0], values, {"hog-alloc.n_clicks"})
+    assert body["inputs"] == [{"id": "hog-alloc", "property": "n_clicks", "value": 1},
+                              {"id": "hog-release", "property": "n_clicks", "value": 0}]
+    assert body["state"] == [{"id": "hog-mib", "property": "value", "value": 1}]
+    assert body["changedPropIds"] == ["hog-alloc.n_clicks"]
+    try:
+        resp = client.post("/_dash-update-component", json=body)
+        assert resp.status_code == 200
+        assert "holds 1 MiB" in decode_response(200, resp.data)["hog-status"]["children"]
+    finally:
+        sample._hog.clear()
+
+
+def test_multi_output_duplicate_and_no_output():
+    app, client = app_from(probe_app())
+    assert split_output("..a.children...b.children..") == \
+        ([("a", "children"), ("b", "children")], True)
+    plan = app.plan("btn.n_clicks")
+    assert [cb.name for cb in plan.direct] == ["a.children, b.children", "d.children"]
+    assert [cb.name for cb in plan.chained] == ["c.children"]
+    values = dict(app.values, **{"btn.n_clicks": 3})
+    multi = app.build_request(plan.direct[0], values, {"btn.n_clicks"})
+    assert multi["output"] == "..a.children...b.children.."
+    assert multi["outputs"] == [{"id": "a", "property": "children"},
+                                {"id": "b", "property": "children"}]
+    assert multi["state"] == [{"id": "txt", "property": "value", "value": "hello"}]
+    dup = app.build_request(plan.direct[1], values, {"btn.n_clicks"})
+    assert dup["output"].startswith("d.children@")
+    assert dup["outputs"]["property"] == dup["output"].split(".", 1)[1]
+    for body, expect in ((multi, {"a": {"children": "3hello"}, "b": {"children": "b"}}),
+                         (dup, {"d": {"children": "d3"}})):
+        resp = client.post("/_dash-update-component", json=body)
+        assert decode_response(resp.status_code, resp.data) == expect
+    # an input the layout lacks is left out, as the renderer leaves it out
+    chained = app.build_request(plan.chained[0], app.values, {"a.children"})
+    assert chained["inputs"] == [{"id": "a", "property": "children", "value": None}]
+    no_out = app.plan("txt.value").direct[0]
+    body = app.build_request(no_out, app.values, {"txt.value"})
+    assert body["outputs"] == [] and body["changedPropIds"] == ["txt.value"]
+    assert client.post("/_dash-update-component", json=body).status_code in (200, 204)
+
+
+def test_decode_response():
+    assert decode_response(204, b"") is None
+    assert decode_response(200, b'{"multi":true,"response":{"x":{"y":1}}}') == {"x": {"y": 1}}
+    for status, body in ((500, b"boom"), (200, b"<html>"), (200, b'{"nope":1}')):
+        with pytest.raises(DashProtocolError):
+            decode_response(status, body)
+    assert stringify_id({"type": "b", "index": 1}) == '{"index":1,"type":"b"}'
+
+
+def test_skipped_callbacks_are_listed_with_reasons():
+    app, _client = app_from(skipping_app())
+    plan = app.plan("btn.n_clicks")
+    assert [cb.name for cb in plan.direct] == ["plain.children"]
+    reasons = {item["output"]: item["reason"] for item in plan.skipped_json()}
+    assert set(reasons) == {"cs.children", "after-cs.children",
+                            '{"index":ALL,"type":"all"}.children'}
+    assert reasons["cs.children"].startswith("clientside")
+    assert "skipped callback (cs.children)" in reasons["after-cs.children"]
+    assert reasons['{"index":ALL,"type":"all"}.children'].startswith("pattern-matching")
+    # clicking a pattern-matching button: everything it triggers is skipped, none dropped
+    pm = app.plan('{"index":1,"type":"pm"}.n_clicks')
+    assert pm.callbacks == [] and len(pm.skipped) == 1
+    assert pm.skipped[0][1].startswith("pattern-matching")
+    with pytest.raises(DashProtocolError, match="no component 'nope'"):
+        app.plan("nope.n_clicks")
+    with pytest.raises(DashProtocolError, match="not an Input"):
+        app.plan("plain.children")
+
+
+def test_workers_and_ideal():
+    c = B.gunicorn_concurrency
+    assert c("gunicorn app:server") == 1
+    assert c("gunicorn app:server --workers 4") == 4
+    assert c("gunicorn app:server -w 3 --bind 127.0.0.1:$PORT") == 3
+    assert c("gunicorn app:server -w3") == 3
+    assert c("FOO=1 gunicorn --workers=2 --threads 2 app:server") == 4
+    assert c("python -m gunicorn -w 2 app:server") == 2
+    assert c("python app.py") == 1
+    status = {"replicas": [
+        {"name": "web.1", "type": "web", "ready": True, "command": "gunicorn a:s -w 4"},
+        {"name": "web.2", "type": "web", "ready": False, "command": "gunicorn a:s -w 4"},
+        {"name": "worker.1", "type": "worker", "ready": True, "command": "gunicorn a:s -w 4"},
+        {"name": "web.3", "type": "web", "ready": True, "command": "gunicorn a:s"}]}
+    assert B.web_workers(status) == (5, {"web.1": 4, "web.3": 1})
+    assert B.ideal_seconds(4, 1, 4, 2.0) == 2.0
+    assert B.ideal_seconds(4, 1, 1, 2.0) == 8.0
+    assert B.ideal_seconds(4, 4, 16, 2.0) == 2.0
+    assert B.ideal_seconds(4, 3, 8, 2.0) == 4.0
+    assert B.percentile([1, 2, 3, 4], 50) == 2.5 and B.percentile([5], 95) == 5
+
+
+# -- sessions and the command against an app on loopback ----------------------------------
+
+def test_session_click_follows_chains(serve):
+    server = serve(probe_app())
+    app = DashApp.fetch(server.url)
+    with Session(app) as session:
+        first = session.click()
+        second = session.click("btn.n_clicks")
+    assert sorted(c.callback.split("@")[0] for c in first.calls) == \
+        ["..a.children...b.children..", "c.children", "d.children"]
+    assert all(c.ok and c.status == 200 for c in first.calls + second.calls)
+    chained = next(c for c in second.calls if c.callback == "c.children")
+    multi = next(c for c in second.calls if c.callback.startswith(".."))
+    assert chained.started_s >= multi.started_s + multi.seconds * 0.9  # fired after it
+    assert session.values["c.children"] == "2hello!"
+    assert first.seconds < 5
+
+
+def test_cli_bench_json_and_errors(serve, tmp_path):
+    def broken():
+        app = Dash("broken")
+        app.layout = html.Div([html.Button(id="go", n_clicks=0), html.Div(id="out")])
+
+        @app.callback(Output("out", "children"), Input("go", "n_clicks"))
+        def fail(n):
+            raise RuntimeError("boom")
+        return app
+
+    def not_dash(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [b"<html>hello</html>"]
+
+    runner = CliRunner()
+    procfile = str(tmp_path / "Procfile")
+    good = serve(probe_app())
+    res = runner.invoke(main, ["bench", good.url, "-f", procfile, "--json", "-n", "2",
+                               "-u", "2"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert DESIGN_KEYS <= set(data)
+    assert data["clicks"] == 4 and data["users"] == 2 and data["callbacks_per_click"] == 3
+    assert data["errors"] == 0 and data["skipped"] == [] and data["warmup_clicks"] == 2
+    assert data["workers_source"].startswith("assumed")
+
+    bad = serve(broken())
+    res = runner.invoke(main, ["bench", bad.url, "-f", procfile, "--json", "-n", "1",
+                               "--no-warmup"])
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["errors"] == 1
+
+    for args, message in (([good.url, "--input", "nope.n_clicks"], "no component 'nope'"),
+                          ([f"http://127.0.0.1:{free_port()}"], "nothing is listening"),
+                          ([serve(not_dash).url], "not a Dash app"),
+                          ([], "no dashscale is running here")):
+        res = runner.invoke(main, ["bench", "-f", procfile, *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output
+
+
+# -- end to end: the sample app on real replicas -------------------------------------------
+
+SAMPLE_PROCFILE = "web: gunicorn sample_app.app:server --workers 1\n"
+
+
+@pytest.mark.slow
+def test_bench_sample_app_on_two_replicas(dashscale):
+    run = dashscale(SAMPLE_PROCFILE, formation="web=2",
+                    env={"SAMPLE_CALLBACK_SECONDS": "0.5"})
+    res = run.cli("bench", "--json", "-n", "3")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert DESIGN_KEYS <= set(data)
+    assert data["clicks"] == 3 and data["users"] == 1 and data["callbacks_per_click"] == 4
+    assert data["errors"] == 0 and data["skipped"] == []
+    assert set(data["replicas"]) == {"web.1", "web.2"}
+    assert sum(data["replicas"].values()) == 12 and min(data["replicas"].values()) >= 4
+    assert data["total_workers"] == 2
+    # ideal = ceil(4 × 1 / 2) × ~0.5 s; a 2-core CI machine gets generous bounds
+    assert 0.95 <= data["ideal_s"] <= 1.6
+    assert 0.9 * data["ideal_s"] <= data["click_p50_s"] <= 1.5 * data["ideal_s"]
+    assert data["click_p50_s"] <= data["click_p95_s"] <= data["click_max_s"]
+
+
+@pytest.mark.slow
+def test_bench_scaling_table_plot_and_restore(dashscale, tmp_path):
+    run = dashscale(SAMPLE_PROCFILE, formation="web=2",
+                    env={"SAMPLE_CALLBACK_SECONDS": "0.3"})
+    plot = tmp_path / "out" / "scaling.html"
+    res = run.cli("bench", "--scaling", "2,1", "-n", "2", "--plot", str(plot))
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines)
+                  if line.split()[:2] == ["replicas", "workers"])
+    table = [line.split() for line in lines[header + 1:header + 3]]
+    assert [row[:2] for row in table] == [["2", "2"], ["1", "1"]]
+    p50 = {row[0]: float(row[2].rstrip("s")) for row in table}
+    assert p50["1"] > 1.5 * p50["2"]  # 4 callbacks on 1 worker vs on 2
+    assert plot.exists() and "plotly" in plot.read_text()[:200000].lower()
+    assert "restored web=2" in res.stderr
+    assert run.status()["formation"]["web"] == 2
+    run.wait_ready(2)
