@@ -3,6 +3,7 @@ runtime failure → exit 1."""
 import functools
 import json
 import os
+import re
 import sys
 import time
 
@@ -60,9 +61,11 @@ def main():
 @click.option("--memory-metric", type=click.Choice(["pss", "rss", "uss"]), default=None)
 @click.option("--balance", type=click.Choice(["round-robin", "least-outstanding"]), default=None)
 @click.option("--pod-limit", type=int, default=None, help="Cap on all replicas together (40).")
+@click.option("--app-name", default=None, help="Serve the app under /NAME/ as Dash Enterprise.")
+@click.option("--spread/--no-spread", default=None, help="Pin replicas to distinct CPUs.")
 @handle_errors
 def start(procfile, formation, env_files, host, port, base_port, memory_limit, on_limit,
-          memory_metric, balance, pod_limit):
+          memory_metric, balance, pod_limit, app_name, spread):
     """Start the formation in the foreground (Ctrl-C stops everything)."""
     from .config import load_settings
     from .project import Project
@@ -73,7 +76,11 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
     settings = load_settings(project_dir, {
         "host": host, "port": port, "base_port": base_port, "memory_limit": memory_limit,
         "on_limit": on_limit, "memory_metric": memory_metric, "balance": balance,
-        "pod_limit": pod_limit})
+        "pod_limit": pod_limit, "app_name": app_name,
+        "spread": None if spread is None else str(spread).lower()})
+    if settings.get("app_name") and not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", settings["app_name"]):
+        raise UsageError(f"--app-name: invalid name {settings['app_name']!r} (lowercase letters, "
+                         "digits and hyphens, starting with a letter)")
     settings.setdefault("balance", "round-robin")
     project = Project(procfile, env_files, memory_limit, settings)
     counts = project.formation(formation, settings)
@@ -103,18 +110,32 @@ def status(procfile, as_json):
         return
     click.echo(f"proxy {data['proxy']['url']}  formation "
                + ",".join(f"{k}={v}" for k, v in data["formation"].items()))
-    rows = [("REPLICA", "STATE", "PID", "PORT", "READY", "MEMORY / LIMIT", "RESTARTS", "OOM",
-             "SERVED")]
+    rows = [("REPLICA", "STATE", "PID", "PORT", "READY", "MEMORY / LIMIT", "PEAK", "RESTARTS",
+             "OOM", "SERVED")]
+    notes = []
     for r in data["replicas"]:
-        mem = f"{format_size(r['memory_bytes'])} / {format_size(r['memory_limit_bytes'])}"
-        if r["memory_limit_bytes"] and r["memory_bytes"] >= 0.8 * r["memory_limit_bytes"]:
-            mem += " (!)"
+        used, limit = r["memory_bytes"], r["memory_limit_bytes"]
+        mem = f"{format_size(used)} / {format_size(limit)}"
+        if limit:
+            mem += f" ({100 * used / limit:.0f}%)" + (" (!)" if used >= 0.8 * limit else "")
         rows.append((r["name"], r["state"], str(r["pid"] or "-"), str(r["port"]),
-                     "yes" if r["ready"] else "no", mem, str(r["restarts"]),
+                     "yes" if r["ready"] else "no", mem,
+                     format_size(r.get("peak_memory_bytes", 0)), str(r["restarts"]),
                      str(r["oom_kills"]), str(r.get("proxy", {}).get("served", 0))))
+        ex = r.get("last_exit") or {}
+        if r["state"] == "OOMKILLED" and ex.get("reason") == "OOMKilled":
+            then = ("restarts at " + time.strftime("%H:%M:%S", time.localtime(ex["restart_at"]))
+                    + f" (back-off {ex.get('restart_delay_s', 0):g}s)"
+                    if ex.get("restart_at") else f"`dashscale restart {r['name']}` brings it back")
+            notes.append(f"{r['name']} OOMKilled at "
+                         f"{time.strftime('%H:%M:%S', time.localtime(ex['time']))} (exit 137): "
+                         f"{ex.get('metric', 'memory')} {format_size(ex.get('memory_bytes') or 0)}"
+                         f" reached its limit {format_size(ex.get('limit_bytes') or limit)}; {then}")
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for note in notes:
+        click.echo(note)
     m = data["memory"]
     click.echo(f"memory {format_size(m['total_bytes'])} of max {format_size(m['max_bytes'])} "
                f"({m.get('metric', 'pss')})")
@@ -220,6 +241,10 @@ main.add_command(export)
 from .doctor import check  # noqa: E402
 
 main.add_command(check)
+
+from .top import top  # noqa: E402
+
+main.add_command(top)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,12 @@ MiB = 1024 * 1024
 LOCAL_PREFIX = b"/_dashscale/"  # served by the runner itself, never by the app
 
 
+def _is_local(target):
+    """/_dashscale/… and /_dashscale itself (which the dashboard redirects)."""
+    return target.startswith(LOCAL_PREFIX) or target == LOCAL_PREFIX[:-1] \
+        or target.startswith(LOCAL_PREFIX[:-1] + b"?")
+
+
 class ProxySettings:
     def __init__(self, settings=None):
         s = settings or {}
@@ -44,6 +50,7 @@ class Proxy:
         self.pool = pool
         # async (request, body) -> (status, [(name, value)], body) for LOCAL_PREFIX paths
         self.local_handler = local_handler
+        self.root_is_local = False  # with --app-name, `/` redirects to /NAME/ (runner answers)
         self.listener = listener
         self.settings = ProxySettings(settings)
         self.server = None
@@ -185,7 +192,8 @@ class ClientConnection(asyncio.Protocol):
         self.busy = True
         self._disarm()
         self.proxy.counters["requests"] += 1
-        if req.target.startswith(LOCAL_PREFIX) and self.proxy.local_handler is not None:
+        if self.proxy.local_handler is not None and (
+                _is_local(req.target) or (req.target == b"/" and self.proxy.root_is_local)):
             asyncio.ensure_future(self._serve_locally(req, body))
         else:
             asyncio.ensure_future(self._forward(req, body))

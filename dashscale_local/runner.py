@@ -50,13 +50,16 @@ class Replica:
         self.probe = None
         self.restart_timer = None
         self.crashloop_delay = None
+        self.peak_pid = None       # the process peak_bytes belongs to
+        self.hold_down = None      # task keeping an OOM-killed replica down
+        self.cpus = None          # CPU set when --spread pins it
 
     def as_json(self):
         return {"name": self.name, "type": self.type, "state": self.state, "pid": self.pid,
                 "port": self.port, "ready": self.ready, "memory_bytes": self.memory_bytes,
                 "peak_memory_bytes": self.peak_bytes, "memory_limit_bytes": self.memory_limit,
                 "restarts": self.restarts, "oom_kills": self.oom_kills,
-                "last_exit": self.last_exit, "command": self.command}
+                "last_exit": self.last_exit, "command": self.command, "cpus": self.cpus}
 
 
 class Runner:
@@ -85,7 +88,10 @@ class Runner:
         self.started_at = time.time()
         self.created = time.monotonic()
         self.positions = {t: i for i, t in enumerate(project.type_names)}
+        self.app_name = settings.get("app_name") or ""
+        self.spread = str(settings.get("spread", "false")).lower() in ("1", "true", "yes", "on")
         self.watcher = None
+        self.memory_history = None  # dashboard.MemoryHistory, sampled every second
 
     # -- lifecycle -----------------------------------------------------------
     def run(self):
@@ -106,8 +112,10 @@ class Runner:
     def prepare(self):
         """Everything that can fail on bad input, then spawn supervisord with every
         replica's program already in its config (no reloadConfig round trips)."""
+        from .memory import check_settings
         from .supervisor import Supervisord
 
+        check_settings(self.settings, os.path.join(self.project.directory, "dashscale.ini"))
         specs = plan_replicas(self.project.type_names, self.counts, self.base_port)
         for spec in specs:
             if rundir.port_in_use(spec.port):
@@ -158,11 +166,13 @@ class Runner:
                 on_warning=lambda name, info: loop.call_soon_threadsafe(self._memory_warning, name, info))
             self.guard.start()
             self.proxy = Proxy(self.pool, self.listener, self.settings,
-                               local_handler=lambda req, body: dashboard.handle(self, req, body))
+                               local_handler=self._local_request)
+            self.proxy.root_is_local = bool(self.app_name)
             await self.proxy.start()
             self.control = ControlServer(rundir.control_socket(self.run_dir), self)
             await self.control.start()
             tasks = [asyncio.ensure_future(self._monitor()), asyncio.ensure_future(self._tail_logs())]
+            tasks.append(dashboard.start_history(self))  # dashboard: memory-over-time samples
             from .reloader import FileWatcher
             self.watcher = FileWatcher(loop, self._watched_files(), self._files_changed)
             self.watcher.start()
@@ -174,6 +184,13 @@ class Runner:
             return 0 if ok else 1
         finally:
             await self._shutdown()
+
+    async def _local_request(self, req, body):
+        """Requests the runner answers itself: /_dashscale/… and, with --app-name, `/`."""
+        from . import dashboard
+        if req.target == b"/" and self.app_name:
+            return 302, [(b"location", f"/{self.app_name}/".encode())], b""
+        return await dashboard.handle(self, req, body)
 
     def _signal_stop(self):
         if self.stopping.is_set():
@@ -236,6 +253,11 @@ class Runner:
         runtime_dir = os.path.join(self.run_dir, "rt", spec.name)
         os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
         env["XDG_RUNTIME_DIR"] = runtime_dir
+        if self.app_name:
+            # Dash Enterprise serves an app under /NAME/; Dash reads these at start.
+            prefix = f"/{self.app_name}/"
+            env.update({"DASH_APP_NAME": self.app_name, "DASH_REQUESTS_PATHNAME_PREFIX": prefix,
+                        "DASH_ROUTES_PATHNAME_PREFIX": prefix})
         env.update(self.project.extra_env)
         self.sup.write_program(r.name, r.type, r.command, self._launcher_env(env),
                                self.project.directory)
@@ -274,6 +296,11 @@ class Runner:
         ready = [r for r in web if r.ready]
         if web and not ready:
             self.out.system("no web replica could start; stopping")
+            if all(r.oomkilled for r in web):
+                raise UsageError(
+                    f"every web replica was OOMKilled while starting: the limit "
+                    f"{format_size(web[0].memory_limit)} is too small for this app",
+                    self.project.limit_source)
             return False
         if web:
             self.out.system(f"{len(ready)}/{len(web)} web replicas ready in "
@@ -286,7 +313,7 @@ class Runner:
     @property
     def url(self):
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{self.port}" + (f"/{self.app_name}/" if self.app_name else "")
 
     async def _monitor(self):
         """Follow supervisord's view of each replica (pid changes, exits) every 0.2 s."""
@@ -315,6 +342,8 @@ class Runner:
             await asyncio.sleep(0.2)
 
     def _update(self, r, info):
+        if r.oomkilled:
+            return False  # OOMKILLED until _restart_now; a respawn meanwhile is _hold_down's
         state, pid = info["statename"], info["pid"] or None
         changed = False
         if pid and pid != r.pid:
@@ -326,6 +355,8 @@ class Runner:
             self.pool.remove(r.name)
             if r.type == "web":
                 self._start_probe(r)
+            if self.spread:
+                self._apply_spread(r)
             if self.guard:
                 try:
                     self.guard.watch(r.name, pid, r.memory_limit)
@@ -390,6 +421,8 @@ class Runner:
                 return
             if status is not None:
                 r.ready = True
+                if self.spread:
+                    self._apply_spread(r)  # again: workers forked since the pid appeared
                 if r.ready_after is None and r.spawned_at:
                     r.ready_after = time.monotonic() - r.spawned_at
                     self.out.system(f"{r.name} ready on 127.0.0.1:{r.port} "
@@ -403,70 +436,141 @@ class Runner:
             if backoff:
                 delay = min(delay * 2, 2.0)
 
+    def _apply_spread(self, r):
+        """--spread: pin each replica's tree to its own CPUs (the local analogue of
+        Dash Enterprise scheduling replicas on different nodes when it can)."""
+        cpus = sorted(psutil.Process().cpu_affinity() or [])
+        if not cpus or not r.pid:
+            return
+        names = sorted(self.replicas, key=_order_key)
+        k, n = names.index(r.name), len(names)
+        if n <= len(cpus):  # disjoint slices, as even as possible
+            r.cpus = cpus[k * len(cpus) // n:(k + 1) * len(cpus) // n]
+        else:
+            r.cpus = [cpus[k % len(cpus)]]
+        try:
+            root = psutil.Process(r.pid)
+            for proc in [root] + root.children(recursive=True):
+                proc.cpu_affinity(r.cpus)
+        except (psutil.Error, OSError):
+            pass
+
     # -- memory --------------------------------------------------------------
     def _update_memory(self):
+        """Copy the guard's figures into the replicas (for status and the dashboard).
+        peak_bytes is the peak of the current process (of the killed one while OOMKILLED)."""
         snap = self.guard.snapshot() if self.guard else {}
         for r in self.replicas.values():
             m = snap.get(r.name)
-            if m and r.pid == m.get("pid") and r.state in UP_STATES:
+            if m and r.pid == m.get("pid") and r.state in UP_STATES and not r.oomkilled:
+                if r.peak_pid != r.pid:  # a new process (restart): a new peak
+                    r.peak_pid, r.peak_bytes = r.pid, 0
                 r.memory_bytes = m["memory_bytes"]
-                r.peak_bytes = max(r.peak_bytes, m.get("peak_bytes", 0))
+                r.peak_bytes = max(r.peak_bytes, m.get("peak_bytes", 0), r.memory_bytes)
             elif r.state not in UP_STATES:
                 r.memory_bytes = 0
 
     def _guard_before_kill(self, name):
-        # Tell supervisord this exit is a stop, so it does not restart the replica
-        # behind the guard's back; the guard SIGKILLs the group right after.
+        # Runs on a helper thread with the replica's tree frozen (SIGSTOP): tell supervisord
+        # this exit is a stop, so it does not restart the replica behind the guard's back;
+        # the guard SIGKILLs the group right after. If this loses the race, _hold_down
+        # stops the respawn.
         self.sup.stop_replica(name, wait=False)
 
     def _oom_killed(self, name, info):
         r = self.replicas.get(name)
         if r is None:
             return
+        was_ready = r.ready
         r.oomkilled = True
         r.ready = False
         r.oom_kills += 1
         r.state = "OOMKILLED"
-        r.peak_bytes = max(r.peak_bytes, info.get("peak_bytes", 0))
-        r.last_exit = {"code": 137, "reason": "OOMKilled", "time": info.get("time", time.time()),
-                       "peak_bytes": info.get("peak_bytes"), "limit_bytes": r.memory_limit}
+        r.memory_bytes = 0
+        r.peak_bytes = max(r.peak_bytes, info.get("peak_bytes", 0), info.get("memory_bytes", 0))
+        used, limit = info.get("memory_bytes", 0), info.get("limit_bytes", r.memory_limit)
+        metric = info.get("metric", "memory")
+        r.last_exit = {"code": 137, "reason": "OOMKilled", "signal": "SIGKILL",
+                       "time": info.get("time", time.time()), "pid": info.get("pid"),
+                       "metric": metric, "memory_bytes": used,
+                       "peak_bytes": info.get("peak_bytes"), "limit_bytes": limit,
+                       "reaction_s": round(info.get("reaction_s", 0.0), 4)}
         self.pool.remove(name)
+        if r.probe and not r.probe.done():
+            r.probe.cancel()  # it would poll the dead port until the restart
         policy = self.settings["on_limit"]
-        self.out.system(f"!!! {name} OOMKilled: {info.get('metric', 'memory')} "
-                        f"{format_size(info.get('memory_bytes', 0))} reached its limit "
-                        f"{format_size(r.memory_limit)} (exit 137); "
-                        + ("it stays down until `dashscale restart " + name + "`"
-                           if policy == "stop" else "restarting with back-off"))
-        self._event("oomkill", f"{name} OOMKilled at {format_size(info.get('memory_bytes', 0))}")
+        when = "" if was_ready else " while starting (the limit may be too small for this app)"
+        self.out.system(f"!!! {name} OOMKilled{when}: {metric} {format_size(used)} reached its "
+                        f"limit {format_size(limit)}; killed all {len(info.get('pids') or [])} "
+                        f"of its processes (exit 137); "
+                        + (f"it stays down until `dashscale restart {name}`"
+                           if policy == "stop" else "it restarts with back-off"))
+        self._event("oomkill", f"{name} OOMKilled: {metric} {format_size(used)} reached its "
+                               f"limit {format_size(limit)}")
+        r.hold_down = asyncio.ensure_future(self._hold_down(r))
         if policy == "restart":
             self._schedule_crashloop_restart(r)
+
+    async def _hold_down(self, r, window=3.0):
+        """supervisord must not restart an OOM-killed replica behind the guard's back.
+        before_kill told it the exit is a stop; if that request lost the race with the
+        SIGKILL, supervisord saw an unexpected exit and respawns: stop the respawn."""
+        from xmlrpc.client import Fault
+        deadline = time.monotonic() + window
+        while time.monotonic() < deadline and r.oomkilled and self.replicas.get(r.name) is r:
+            try:
+                info = await asyncio.to_thread(self.sup.call, "getProcessInfo", r.name)
+            except (OSError, Fault):
+                return
+            state = info["statename"]
+            if state == "STOPPED":
+                return
+            if state in ("STARTING", "RUNNING", "BACKOFF"):
+                async with self.lock:
+                    if r.oomkilled and self.replicas.get(r.name) is r:
+                        await asyncio.to_thread(self.sup.stop_replica, r.name)
+                        self.out.system(f"{r.name}: supervisord restarted it after the OOM "
+                                        "kill; stopped it again")
+                        self._event("oomkill", f"{r.name}: stopped a respawn by supervisord")
+                continue
+            await asyncio.sleep(0.05)  # STOPPING / EXITED: wait for the outcome
 
     def _memory_warning(self, name, info):
         r = self.replicas.get(name)
         if r:
-            self.out.system(f"{name} uses {format_size(info.get('memory_bytes', 0))}: over 80% "
-                            f"of its {format_size(r.memory_limit)} limit")
-            self._event("memory", f"{name} passed 80% of its memory limit")
+            used, limit = info.get("memory_bytes", 0), info.get("limit_bytes", r.memory_limit)
+            pct = 100.0 * used / limit if limit else 0
+            self.out.system(f"WARNING {name} uses {format_size(used)}, {pct:.0f}% of its "
+                            f"{format_size(limit)} memory limit (over 80%; OOMKilled at 100%)")
+            self._event("memory", f"{name} passed 80% of its memory limit "
+                                  f"({format_size(used)} of {format_size(limit)})")
 
     def _schedule_crashloop_restart(self, r):
-        """Kubernetes CrashLoopBackOff: 10 s, doubling to 300 s, reset after 10 min up."""
+        """Kubernetes CrashLoopBackOff: 10 s, doubling to 300 s, reset after 10 min up
+        (backoff_initial / backoff_max / backoff_reset)."""
         initial = number(self.settings, "backoff_initial")
         cap = number(self.settings, "backoff_max")
         reset = number(self.settings, "backoff_reset")
         healthy_for = time.monotonic() - (r.spawned_at or 0)
         if r.crashloop_delay is None or healthy_for >= reset:
-            r.crashloop_delay = initial
+            r.crashloop_delay = min(initial, cap)
         else:
             r.crashloop_delay = min(r.crashloop_delay * 2, cap)
         delay = r.crashloop_delay
+        if r.last_exit is not None:
+            r.last_exit["restart_delay_s"] = delay
+            r.last_exit["restart_at"] = time.time() + delay
+        if r.restart_timer and not r.restart_timer.done():
+            r.restart_timer.cancel()
 
         async def later():
             await asyncio.sleep(delay)
             async with self.lock:
-                if r.name in self.replicas and r.oomkilled:
+                if self.replicas.get(r.name) is r and r.oomkilled:
                     await asyncio.to_thread(self._restart_now, r.name)
 
-        self.out.system(f"{r.name} restarts in {delay:g}s (back-off)")
+        self.out.system(f"{r.name} restarts in {delay:g}s (CrashLoopBackOff)")
+        self._event("backoff", f"{r.name} restarts in {delay:g}s (back-off)")
         r.restart_timer = asyncio.ensure_future(later())
 
     # -- live changes (control API) -------------------------------------------
@@ -475,7 +579,7 @@ class Runner:
         r.spawned_at = time.monotonic()
         self.pool.remove(name)
         self.sup.stop_replica(name)
-        r.oomkilled = False
+        r.oomkilled = False  # from here on _update follows supervisord again
         self.sup.start_replica(name)
 
     async def restart(self, target=None, rolling=False):
@@ -682,6 +786,8 @@ class Runner:
         for item in replicas:
             item["proxy"] = stats.get(item["name"], {"inflight": 0, "served": 0, "errors": 0})
         return {
+            "app_name": self.app_name or None,
+            "spread": self.spread,
             "proxy": {"url": self.url, "port": self.port, "host": self.host,
                       "balance": self.pool.policy},
             "procfile": self.project.procfile_path,
@@ -691,7 +797,8 @@ class Runner:
             "replicas": replicas,
             "memory": {"total_bytes": sum(r.memory_bytes for r in self.replicas.values()),
                        "max_bytes": sum(r.memory_limit for r in self.replicas.values()),
-                       "metric": self.settings["memory_metric"],
+                       "metric": (self.guard.metric if self.guard  # pss falls back to rss
+                                  else self.settings["memory_metric"]),
                        "on_limit": self.settings["on_limit"]},
             "events": self.events[-50:],
             "proxy_stats": self.proxy.stats() if self.proxy else {},
