@@ -63,9 +63,12 @@ def main():
 @click.option("--pod-limit", type=int, default=None, help="Cap on all replicas together (40).")
 @click.option("--app-name", default=None, help="Serve the app under /NAME/ as Dash Enterprise.")
 @click.option("--spread/--no-spread", default=None, help="Pin replicas to distinct CPUs.")
+@click.option("--service", "services", multiple=True, metavar="redis|postgres",
+              help="Run a private Redis / PostgreSQL for the app (repeatable); injects "
+                   "REDIS_URL / DATABASE_URL. Replaces dashscale.ini's `services`.")
 @handle_errors
 def start(procfile, formation, env_files, host, port, base_port, memory_limit, on_limit,
-          memory_metric, balance, pod_limit, app_name, spread):
+          memory_metric, balance, pod_limit, app_name, spread, services):
     """Start the formation in the foreground (Ctrl-C stops everything)."""
     from .config import load_settings
     from .project import Project
@@ -77,7 +80,10 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
         "host": host, "port": port, "base_port": base_port, "memory_limit": memory_limit,
         "on_limit": on_limit, "memory_metric": memory_metric, "balance": balance,
         "pod_limit": pod_limit, "app_name": app_name,
-        "spread": None if spread is None else str(spread).lower()})
+        "spread": None if spread is None else str(spread).lower(),
+        "services": ",".join(services) if services else None})
+    settings["services_source"] = "--service" if services else \
+        os.path.join(project_dir, "dashscale.ini")
     if settings.get("app_name") and not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", settings["app_name"]):
         raise UsageError(f"--app-name: invalid name {settings['app_name']!r} (lowercase letters, "
                          "digits and hyphens, starting with a letter)")
@@ -139,6 +145,22 @@ def status(procfile, as_json):
     m = data["memory"]
     click.echo(f"memory {format_size(m['total_bytes'])} of max {format_size(m['max_bytes'])} "
                f"({m.get('metric', 'pss')})")
+    _echo_services(data.get("services") or [])
+
+
+def _echo_services(services):
+    """Managed services, apart from the replicas (their memory is not in the total)."""
+    if not services:
+        return
+    rows = [("SERVICE", "STATE", "PID", "PORT", "MEMORY", "DATA", "RESTARTS", "ENV")]
+    for s in services:
+        rows.append((s["name"], s["state"], str(s["pid"] or "-"), str(s["port"]),
+                     format_size(s["memory_bytes"]), format_size(s["data_bytes"]),
+                     str(s["restarts"]), s["env"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    click.echo("")
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 @main.command()

@@ -91,6 +91,7 @@ class Runner:
         self.app_name = settings.get("app_name") or ""
         self.spread = str(settings.get("spread", "false")).lower() in ("1", "true", "yes", "on")
         self.watcher = None
+        self.services = None       # managed Redis/Postgres (services.py), may be empty
         self.memory_history = None  # dashboard.MemoryHistory, sampled every second
 
     # -- lifecycle -----------------------------------------------------------
@@ -132,11 +133,29 @@ class Runner:
         self.sup.write_config()
         for name in os.listdir(self.sup.programs_dir):
             os.unlink(os.path.join(self.sup.programs_dir, name))  # leftovers of a dead run
+        self._prepare_services()
         for spec in specs:
             self._new_replica(spec)
         self.sup.start()
         self.t_start = time.monotonic()
         self._save_state()
+
+    def _prepare_services(self):
+        """Managed services: binaries, data (initdb once), ports clear of the replicas'
+        port blocks, and their URLs in every replica's environment."""
+        from .services import Services
+        self.services = Services.from_settings(self.settings, self.run_dir,
+                                               self.project.directory)
+        if not self.services:
+            return
+        blocks = range(self.base_port, self.base_port + 100 * (len(self.positions) + 2))
+        self.services.prepare(avoid_ports={self.port, *blocks}, out=self.out)
+        self.services.write_programs(self.sup)
+        self.project.extra_env.update(self.services.env())
+        for svc in self.services:  # a service's log outlives runs: show only this run's lines
+            path = self.sup.log_path(svc.name)
+            self._tails[svc.name] = LogTail(path, from_start=not os.path.exists(path))
+            self._tails[svc.name].read_lines()
 
     async def main(self):
         from . import dashboard
@@ -152,6 +171,9 @@ class Runner:
             loop.add_signal_handler(sig, self._signal_stop)
         try:
             await asyncio.to_thread(self.sup.wait_up)
+            if self.services:  # replicas start only once every service answers
+                await asyncio.to_thread(self.services.start, self.sup, self.out,
+                                        number(self.settings, "ready_timeout"))
             self.out.system(f"starting {format_formation(self.counts)} from {self.project.procfile_path}")
             now = time.monotonic()
             for r in self.replicas.values():
@@ -215,8 +237,15 @@ class Runner:
                     task.cancel()
         if self.sup and self.sup.process:
             self.out.system("stopping replicas")
-            await asyncio.to_thread(self.sup.shutdown, number(self.settings, "stop_timeout") + 5)
+            # Services have the lowest priority: supervisord stops them after the replicas.
+            extra = 40 if self.services else 0
+            await asyncio.to_thread(self.sup.shutdown,
+                                    number(self.settings, "stop_timeout") + 5 + extra)
         self._kill_all_now()
+        if self.services:
+            self.services.stop_leftovers()
+            for s in self.services:
+                self._tail_once(s)
         for r in self.replicas.values():
             self._tail_once(r)
         for name in ("supervisor.sock", "control.sock", "state.json", "supervisord.pid"):
@@ -336,14 +365,19 @@ class Runner:
                 info = infos.get(r.name)
                 if info is not None:
                     changed |= self._update(r, info)
+            if self.services and self.services.update(infos, self.out):
+                changed = True
             if changed:
                 self._save_state()
             self._update_memory()
             await asyncio.sleep(0.2)
 
     def _update(self, r, info):
-        if r.oomkilled:
-            return False  # OOMKILLED until _restart_now; a respawn meanwhile is _hold_down's
+        if r.oomkilled:  # OOMKILLED until _restart_now, whatever supervisord does meanwhile
+            if info["statename"] in ("STARTING", "RUNNING", "BACKOFF") and \
+                    (r.hold_down is None or r.hold_down.done()):
+                r.hold_down = asyncio.ensure_future(self._hold_down(r))  # a respawn: stop it
+            return False
         state, pid = info["statename"], info["pid"] or None
         changed = False
         if pid and pid != r.pid:
@@ -511,29 +545,31 @@ class Runner:
         if policy == "restart":
             self._schedule_crashloop_restart(r)
 
-    async def _hold_down(self, r, window=3.0):
+    async def _hold_down(self, r, timeout=30.0):
         """supervisord must not restart an OOM-killed replica behind the guard's back.
         before_kill told it the exit is a stop; if that request lost the race with the
-        SIGKILL, supervisord saw an unexpected exit and respawns: stop the respawn."""
+        SIGKILL, supervisord saw an unexpected exit and respawns: stop the respawn. Also
+        started by _update whenever supervisord runs an OOMKILLED replica."""
         from xmlrpc.client import Fault
-        deadline = time.monotonic() + window
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and r.oomkilled and self.replicas.get(r.name) is r:
             try:
                 info = await asyncio.to_thread(self.sup.call, "getProcessInfo", r.name)
             except (OSError, Fault):
                 return
             state = info["statename"]
-            if state == "STOPPED":
-                return
+            if state in ("STOPPED", "EXITED", "FATAL"):
+                return  # nothing runs (a later respawn brings _update back here)
             if state in ("STARTING", "RUNNING", "BACKOFF"):
                 async with self.lock:
                     if r.oomkilled and self.replicas.get(r.name) is r:
                         await asyncio.to_thread(self.sup.stop_replica, r.name)
-                        self.out.system(f"{r.name}: supervisord restarted it after the OOM "
-                                        "kill; stopped it again")
-                        self._event("oomkill", f"{r.name}: stopped a respawn by supervisord")
+                        self.out.system(f"{r.name} was started again behind the guard's back "
+                                        f"(pid {info['pid'] or '-'}); stopped it: an OOMKILLED "
+                                        "replica restarts only through dashscale")
+                        self._event("oomkill", f"{r.name}: stopped a restart by supervisord")
                 continue
-            await asyncio.sleep(0.05)  # STOPPING / EXITED: wait for the outcome
+            await asyncio.sleep(0.05)  # STOPPING: wait for the outcome
 
     def _memory_warning(self, name, info):
         r = self.replicas.get(name)
@@ -713,6 +749,10 @@ class Runner:
     async def reload(self, paths=()):
         """Apply an edit of the Procfile / env files / scale file. Anything invalid is
         reported with file and line and changes nothing."""
+        if _empty(self.project.procfile_path):
+            # Writers that truncate then write show an empty file for a moment: give
+            # the write a little longer before reporting an empty Procfile.
+            await asyncio.sleep(0.25)
         async with self.lock:
             t0 = time.monotonic()
             try:
@@ -795,6 +835,9 @@ class Runner:
             "runner_pid": os.getpid(),
             "supervisord_pid": self.sup.process.pid if self.sup and self.sup.process else None,
             "replicas": replicas,
+            # Apart from the replicas, as Dash Enterprise's managed Redis/Postgres: their
+            # memory is not in memory.total_bytes / max_bytes.
+            "services": self.services.status() if self.services else [],
             "memory": {"total_bytes": sum(r.memory_bytes for r in self.replicas.values()),
                        "max_bytes": sum(r.memory_limit for r in self.replicas.values()),
                        "metric": (self.guard.metric if self.guard  # pss falls back to rss
@@ -816,6 +859,7 @@ class Runner:
             "procfile": self.project.procfile_path,
             "proxy": {"host": self.host, "port": self.port},
             "formation": self.counts,
+            "services": self.services.identities() if self.services else {},
         }
         state["replicas"] = {k: v for k, v in state["replicas"].items() if v}
         rundir.write_state(self.run_dir, state)
@@ -823,7 +867,7 @@ class Runner:
     # -- logs ----------------------------------------------------------------
     async def _tail_logs(self):
         while True:
-            for r in list(self.replicas.values()):
+            for r in list(self.replicas.values()) + list(self.services or ()):
                 self._tail_once(r)
             await asyncio.sleep(0.1)
 
@@ -833,6 +877,13 @@ class Runner:
             tail = self._tails[r.name] = LogTail(self.sup.log_path(r.name), from_start=True)
         for line in tail.read_lines():
             self.out.line(r.name, line)
+
+
+def _empty(path):
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False
 
 
 def _order_key(name):
