@@ -6,6 +6,7 @@ the formation runs on the loop, serialised by one lock, so concurrent `scale` ca
 cannot interleave.
 """
 import asyncio
+import errno
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ from .output import LogTail, Printer, last_lines
 from .sizes import format_size
 
 UP_STATES = ("STARTING", "RUNNING")
+_DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO)
 GUNICORN_EXIT = {3: "worker failed to boot", 4: "app failed to load"}
 SUPERVISOR_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED",
                      "FATAL", "UNKNOWN")
@@ -53,6 +55,7 @@ class Replica:
         self.peak_pid = None       # the process peak_bytes belongs to
         self.hold_down = None      # task keeping an OOM-killed replica down
         self.cpus = None          # CPU set when --spread pins it
+        self.restarting = False   # a restart we asked for (not a crash)
 
     def as_json(self):
         return {"name": self.name, "type": self.type, "state": self.state, "pid": self.pid,
@@ -93,11 +96,23 @@ class Runner:
         self.watcher = None
         self.services = None       # managed Redis/Postgres (services.py), may be empty
         self.memory_history = None  # dashboard.MemoryHistory, sampled every second
+        self.sup_died = False
 
     # -- lifecycle -----------------------------------------------------------
     def run(self):
         """Start supervisord first (it boots while we import the rest), then run the loop."""
-        self.prepare()
+        try:
+            self.prepare()
+        except OSError as exc:
+            # The run directory's disk filled up (or went read-only) after rundir.prepare's
+            # probe: one clear line, exit 2, and nothing left running.
+            if self.sup and self.sup.process:
+                self.sup.process.kill()
+                self.sup.process.wait()
+            if exc.errno not in _DISK_ERRORS:
+                raise
+            raise UsageError(f"cannot write to the run directory: {exc.strerror}",
+                             file=exc.filename or self.run_dir) from None
         try:
             import uvloop
             uvloop.install()
@@ -138,7 +153,7 @@ class Runner:
             self._new_replica(spec)
         self.sup.start()
         self.t_start = time.monotonic()
-        self._save_state()
+        self._save_state(strict=True)  # without state.json a kill -9 would orphan replicas
 
     def _prepare_services(self):
         """Managed services: binaries, data (initdb once), ports clear of the replicas'
@@ -203,7 +218,7 @@ class Runner:
                 await self.stopping.wait()
             for t in tasks:
                 t.cancel()
-            return 0 if ok else 1
+            return 0 if ok and not self.sup_died else 1
         finally:
             await self._shutdown()
 
@@ -280,6 +295,7 @@ class Runner:
         # A private runtime dir per replica: gunicorn ≥24 puts its control socket in
         # $XDG_RUNTIME_DIR (else ~/.gunicorn, shared by all replicas and clashing).
         runtime_dir = os.path.join(self.run_dir, "rt", spec.name)
+        os.makedirs(os.path.dirname(runtime_dir), mode=0o700, exist_ok=True)  # rt/ too
         os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
         env["XDG_RUNTIME_DIR"] = runtime_dir
         if self.app_name:
@@ -355,6 +371,7 @@ class Runner:
                                     "killing replicas and stopping")
                     self._kill_all_now()
                     self.sup.process = None
+                    self.sup_died = True  # exit 1: this is a failure, not a stop
                     self.stopping.set()
                     return
                 self.out.system(f"supervisord did not answer: {exc}")
@@ -383,8 +400,17 @@ class Runner:
         if pid and pid != r.pid:
             if r.pid is not None:
                 r.restarts += 1
+                if r.state in UP_STATES and not r.oomkilled and not r.restarting:
+                    # It died and supervisord restarted it between two polls: the
+                    # exit status of the old process is still in the info.
+                    code = info.get("exitstatus")
+                    reason = GUNICORN_EXIT.get(code, "killed by a signal" if code in (None, -1)
+                                               else "exited")
+                    r.last_exit = {"code": code, "reason": reason,
+                                   "time": info.get("stop") or time.time()}
+                    self._event("crash", f"{r.name} (pid {r.pid}) exited: {reason}")
                 self._event("restart", f"{r.name} restarted (pid {pid})")
-            r.pid, r.ready, r.oomkilled = pid, False, False
+            r.pid, r.ready, r.oomkilled, r.restarting = pid, False, False, False
             r.spawned_at = r.spawned_at or time.monotonic()
             self.pool.remove(r.name)
             if r.type == "web":
@@ -443,6 +469,9 @@ class Runner:
     def _reprobe_soon(self, name):
         r = self.replicas.get(name)
         if r is not None and r.pid and (r.probe is None or r.probe.done()):
+            self.out.system(f"{name} out of rotation: it refused a connection or did not "
+                            "answer in time; probing until it serves again")
+            self._event("unhealthy", f"{name} out of rotation (refused or did not answer)")
             r.ready = False
             r.probe = asyncio.ensure_future(self._probe(r, r.pid, backoff=True))
 
@@ -463,7 +492,8 @@ class Runner:
                                     f"(pid {pid}, {r.ready_after:.2f}s)")
                 else:
                     self.out.system(f"{r.name} back in rotation (pid {pid})")
-                if r.type == "web":
+                # A replica being drained/removed stays out even if a late probe answers.
+                if r.type == "web" and not getattr(r, "removing", False):
                     self.pool.add(r.name, "127.0.0.1", r.port)
                 return
             await asyncio.sleep(delay)
@@ -612,6 +642,7 @@ class Runner:
     # -- live changes (control API) -------------------------------------------
     def _restart_now(self, name):
         r = self.replicas[name]
+        r.restarting = True
         r.spawned_at = time.monotonic()
         self.pool.remove(name)
         self.sup.stop_replica(name)
@@ -851,7 +882,7 @@ class Runner:
         self.events.append({"time": time.time(), "kind": kind, "message": message})
         del self.events[:-200]
 
-    def _save_state(self):
+    def _save_state(self, strict=False):
         state = {
             "runner": rundir.identity(os.getpid()),
             "supervisord": rundir.identity(self.sup.process.pid) if self.sup and self.sup.process else None,
@@ -862,7 +893,17 @@ class Runner:
             "services": self.services.identities() if self.services else {},
         }
         state["replicas"] = {k: v for k, v in state["replicas"].items() if v}
-        rundir.write_state(self.run_dir, state)
+        try:
+            rundir.write_state(self.run_dir, state)
+        except OSError as exc:  # disk full: keep running (and monitoring), say it once
+            if strict:
+                raise
+            if not getattr(self, "_state_error", None):
+                self.out.system(f"WARNING: cannot write {rundir.state_path(self.run_dir)}: "
+                                f"{exc.strerror}; a kill -9 now would leave orphans")
+            self._state_error = exc.strerror
+            return
+        self._state_error = None
 
     # -- logs ----------------------------------------------------------------
     async def _tail_logs(self):

@@ -59,6 +59,11 @@ def processes_with_marker(run_id):
     return found
 
 
+class GiveUp(AssertionError):
+    """Raised by a ``wait_for`` predicate to stop waiting at once (e.g. the process
+    being waited for has exited); every other exception is retried until the deadline."""
+
+
 def wait_for(predicate, timeout, interval=0.05, message="condition"):
     """Poll ``predicate`` until it returns a truthy value; raise on the deadline."""
     deadline = time.monotonic() + timeout
@@ -68,6 +73,8 @@ def wait_for(predicate, timeout, interval=0.05, message="condition"):
             value = predicate()
             if value:
                 return value
+        except GiveUp:
+            raise
         except Exception as exc:  # keep polling; report the last failure
             last_exc = exc
         if time.monotonic() > deadline:
@@ -93,6 +100,7 @@ class Run:
         self.args = list(args)
         self.extra_env = dict(env or {})
         self.process = None
+        self.leftover_info = []  # "pid name cmdline" of what the last stop had to kill
         self.output_path = os.path.join(self.directory, "dashscale-output.log")
 
     @property
@@ -139,8 +147,8 @@ class Run:
         """Until ``count`` web replicas (default: all replicas) are ready, or fail."""
         def ready():
             if self.process.poll() is not None:
-                raise AssertionError(f"dashscale exited with {self.process.returncode}:\n"
-                                     + self.output()[-3000:])
+                raise GiveUp(f"dashscale exited with {self.process.returncode}:\n"
+                             + self.output()[-3000:])
             try:
                 st = self.status()
             except Exception:
@@ -151,6 +159,8 @@ class Run:
             return st if have >= want and reps else False
         try:
             return wait_for(ready, timeout, message="replicas ready")
+        except GiveUp:
+            raise
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\n--- dashscale output ---\n{self.output()[-3000:]}")
 
@@ -175,8 +185,10 @@ class Run:
         return leftovers
 
     def kill_leftovers(self):
-        """SIGKILL anything still carrying this run's marker; return what was found."""
+        """SIGKILL anything still carrying this run's marker; return what was found
+        (pids; ``leftover_info`` describes them)."""
         procs = processes_with_marker(self.run_id)
+        self.leftover_info = [describe_process(p) for p in procs]
         for proc in procs:
             try:
                 proc.kill()
@@ -190,6 +202,31 @@ class Run:
             if r["name"] == name:
                 return r
         raise KeyError(name)
+
+    def events(self):
+        """The runner's recent events: [{time, kind, message}] (oomkill, crash, ...)."""
+        return self.status().get("events", [])
+
+    def kill_replica(self, name, sig=signal.SIGKILL):
+        """Send ``sig`` to the replica's whole process group (gunicorn master and
+        workers), as the kernel's OOM killer or a node failure would; returns the pid."""
+        pid = self.replica(name)["pid"]
+        if not pid:
+            raise RuntimeError(f"{name} has no running process")
+        pgid = os.getpgid(pid)
+        if pgid == os.getpgrp():  # never our own group
+            os.kill(pid, sig)
+        else:
+            os.killpg(pgid, sig)
+        return pid
+
+
+def describe_process(proc):
+    try:
+        cmdline = " ".join(proc.cmdline())[:200]
+    except (psutil.Error, OSError):
+        cmdline = "?"
+    return f"pid {proc.pid}: {cmdline}"
 
 
 def json_status(result):
