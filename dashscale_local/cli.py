@@ -57,8 +57,12 @@ def main():
 @click.option("--port", "-p", type=int, default=None, help="Proxy port (default 8050).")
 @click.option("--base-port", type=int, default=None, help="First replica port (default 5006).")
 @click.option("--memory-limit", default=None, help="8GiB, or per type: web=2GiB,worker=512MiB.")
-@click.option("--on-limit", type=click.Choice(["stop", "restart"]), default=None)
-@click.option("--memory-metric", type=click.Choice(["pss", "rss", "uss"]), default=None)
+@click.option("--on-limit", type=click.Choice(["stop", "restart"]), default=None,
+              help="Over its limit a replica is OOMKilled; then: stop (default) or restart "
+                   "with CrashLoopBackOff.")
+@click.option("--memory-metric", type=click.Choice(["pss", "rss", "uss"]), default=None,
+              help="Memory of a replica's process tree (default pss, as a pod's cgroup "
+                   "counts; rss where PSS is unavailable).")
 @click.option("--balance", type=click.Choice(["round-robin", "least-outstanding"]), default=None)
 @click.option("--pod-limit", type=int, default=None, help="Cap on all replicas together (40).")
 @click.option("--app-name", default=None, help="Serve the app under /NAME/ as Dash Enterprise.")
@@ -121,8 +125,9 @@ def status(procfile, as_json):
     notes = []
     for r in data["replicas"]:
         used, limit = r["memory_bytes"], r["memory_limit_bytes"]
-        mem = f"{format_size(used)} / {format_size(limit)}"
-        if limit:
+        up = r["state"] in ("STARTING", "RUNNING")
+        mem = f"{format_size(used) if up else '-'} / {format_size(limit)}"
+        if limit and up:
             mem += f" ({100 * used / limit:.0f}%)" + (" (!)" if used >= 0.8 * limit else "")
         rows.append((r["name"], r["state"], str(r["pid"] or "-"), str(r["port"]),
                      "yes" if r["ready"] else "no", mem,

@@ -20,7 +20,8 @@ API
 ---
 ``MemoryGuard(interval=0.25, metric="pss", on_kill=None, on_warning=None, before_kill=None,
 clock=time.monotonic, *, warn_fraction=0.8, rearm_fraction=0.7, before_kill_timeout=0.1,
-exact_max_age=2.0, refresh=10.0, backend="auto")``
+exact_max_age=5.0, refresh=10.0, backend="auto", display_reads=2, display_min_age=1.0,
+regroup_age=2.0)``
 
 - ``watch(name, pid, limit_bytes)``: start (or, for a known name, restart) watching the tree
   rooted at ``pid``. Records the pid's start time (pid-reuse guard) and its process group
@@ -30,10 +31,15 @@ exact_max_age=2.0, refresh=10.0, backend="auto")``
 - ``snapshot()``: ``name -> {"pid", "memory_bytes", "peak_bytes", "limit_bytes", "metric",
   "processes", "rss_bytes", "exact_age_s", "warned", "source"}``. ``metric`` is the metric in
   effect (``"rss"`` if the requested one is unavailable here), ``source`` where it comes
-  from (``smaps_rollup``, ``smaps``, ``psutil``, ``stat``). ``memory_bytes`` is the last exact
-  reading carried forward with each process's RSS change since (exact right after a
-  reading; readings happen at least every ``refresh`` s); ``peak_bytes`` is the highest exact
-  reading; ``rss_bytes`` is the current Σ RSS (always exact, an upper bound of the others).
+  from (``smaps_rollup``, ``smaps``, ``psutil``, ``stat``). ``memory_bytes`` is, per process,
+  its latest reading carried forward with its RSS change since (exact right after a tree
+  reading; a process that joins the tree is read once at once, and one whose RSS moved by
+  more than max(1 MiB, 5 %) is re-read, at most ``display_reads`` per sweep and once per
+  ``display_min_age`` s each; tree readings happen at least every ``refresh`` s, and
+  ``regroup_age`` s after the last one when processes joined or left the tree since: a
+  fork or an exit changes how the others' shared pages are shared, not their RSS);
+  ``peak_bytes`` is the highest exact tree reading; ``rss_bytes`` is the current Σ RSS
+  (always exact, an upper bound of the others).
 - ``stats()``: ``{"sweeps", "cpu_s", "exact_reads", "kills", "errors"}``: the guard's own CPU
   time (thread CPU clock) for the overhead budget.
 - ``stop()``: immediate (an ``Event`` wakes the sleeping thread); joins the thread.
@@ -131,10 +137,38 @@ PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 METRICS = ("pss", "rss", "uss")
 _GONE = (ProcessLookupError, FileNotFoundError)
 _thread_time = getattr(time, "thread_time", time.process_time)
+DRIFT_BYTES, DRIFT_FRACTION = 1 << 20, 0.05  # display re-reads: see _refresh_display
 
 
 def _fmt(n):
     return f"{n / 1048576:.1f} MiB"
+
+
+def check_settings(settings, source="dashscale.ini"):
+    """Validate the memory settings up front (before anything starts): ``memory_metric``,
+    ``memory_interval``, ``on_limit`` and the back-off timings; raises UsageError (exit 2)."""
+    from .errors import UsageError
+
+    metric = settings.get("memory_metric", "pss")
+    if metric not in METRICS:
+        raise UsageError(f"memory_metric: {metric!r} is not one of {', '.join(METRICS)}", source)
+    policy = settings.get("on_limit", "stop")
+    if policy not in ("stop", "restart"):
+        raise UsageError(f"on_limit: {policy!r} is not one of stop, restart", source)
+    values = {}
+    for key, low in (("memory_interval", 0.01), ("backoff_initial", 0.0), ("backoff_max", 0.0),
+                     ("backoff_reset", 0.0)):
+        text = settings.get(key)
+        if text is None:
+            continue
+        try:
+            values[key] = value = float(text)
+        except (TypeError, ValueError):
+            raise UsageError(f"{key}: not a number: {text!r}", source) from None
+        if not value >= low or value != value or value == float("inf"):
+            raise UsageError(f"{key}: {text!r} must be a number of seconds >= {low:g}", source)
+    if values.get("backoff_max", 1) < values.get("backoff_initial", 0):
+        raise UsageError("backoff_max must be >= backoff_initial", source)
 
 
 # ─── backends: how to list pids, stat a process, and take an exact reading ────────────────
@@ -257,7 +291,8 @@ def make_backend(kind="auto"):
 
 # ─── state ──────────────────────────────────────────────────────────────────────────────
 class _Member:
-    __slots__ = ("start", "rss", "faults", "base_rss", "base_faults", "base_val")
+    __slots__ = ("start", "rss", "faults", "base_rss", "base_faults", "base_val",
+                 "disp_val", "disp_rss", "disp_t")
 
     def __init__(self, start):
         self.start = start
@@ -266,6 +301,9 @@ class _Member:
         self.base_rss = None  # RSS / faults / metric value at the last exact reading,
         self.base_faults = None  # None if the process joined after it
         self.base_val = None
+        self.disp_val = None  # metric / RSS / time of this process's latest own reading:
+        self.disp_rss = None  # only for the displayed figure (never for a decision)
+        self.disp_t = None
 
 
 class _Replica:
@@ -282,6 +320,7 @@ class _Replica:
         self.memory = 0
         self.peak = 0
         self.warned = False
+        self.regrouped = False  # members joined or left since the last tree reading
 
 
 class MemoryGuard(threading.Thread):
@@ -290,7 +329,8 @@ class MemoryGuard(threading.Thread):
     def __init__(self, interval=0.25, metric="pss", on_kill=None, on_warning=None,
                  before_kill=None, clock=time.monotonic, *, warn_fraction=0.8,
                  rearm_fraction=0.7, before_kill_timeout=0.1, exact_max_age=5.0,
-                 refresh=10.0, backend="auto"):
+                 refresh=10.0, backend="auto", display_reads=2, display_min_age=1.0,
+                 regroup_age=2.0):
         super().__init__(name="dashscale-memory-guard", daemon=True)
         if metric not in METRICS:
             raise ValueError(f"memory metric must be one of {', '.join(METRICS)}, not {metric!r}")
@@ -303,6 +343,9 @@ class MemoryGuard(threading.Thread):
         self.warn_fraction, self.rearm_fraction = warn_fraction, rearm_fraction
         self.before_kill_timeout = before_kill_timeout
         self.exact_max_age, self.refresh = exact_max_age, refresh
+        self.display_reads, self.display_min_age = display_reads, display_min_age
+        self.regroup_age = regroup_age
+        self._display_budget = display_reads
         self.backend = backend if not isinstance(backend, str) else make_backend(backend)
         self.metric, self.source = self._effective_metric(metric)
         self._factor = 2 if self.metric == "uss" else 1
@@ -394,6 +437,7 @@ class MemoryGuard(threading.Thread):
         if not reps:
             self._info, self._owner, self._active = None, {}, set()
             return
+        self._display_budget = self.display_reads
         current = set(reps)
         for gone in self._active - current:  # unwatched since the last sweep
             for pid in gone.members:
@@ -465,12 +509,14 @@ class MemoryGuard(threading.Thread):
     def _adopt(self, rep, pid, start):
         rep.members[pid] = _Member(start)
         self._owner[pid] = rep
+        rep.regrouped = True
 
     def _remove(self, rep, pid):
         m = rep.members.pop(pid)
         if self._owner.get(pid) is rep:
             del self._owner[pid]
         rep.carry += self._growth(m)
+        rep.regrouped = True
 
     def _drop(self, rep):
         for pid in rep.members:
@@ -520,18 +566,20 @@ class MemoryGuard(threading.Thread):
             need = (rep.exact is None or rep.bound >= limit
                     or (not rep.warned and rep.bound >= warn_at)
                     or (total >= warn_at and age >= self.exact_max_age)
-                    or (self.refresh is not None and age >= self.refresh))
+                    or (self.refresh is not None and age >= self.refresh)
+                    or (rep.regrouped and age >= self.regroup_age))
             if need:
                 value = self._read_exact(rep)
                 rep.exact_t = self.clock()
             else:
                 value = None
+                self._refresh_display(rep, now)
                 est = 0
                 for m in rep.members.values():
-                    if m.base_val is None:
+                    if m.disp_val is None:
                         est += m.rss
                     else:
-                        est += min(m.rss, max(0, m.base_val + m.rss - m.base_rss))
+                        est += min(m.rss, max(0, m.disp_val + m.rss - m.disp_rss))
                 rep.memory = est
         if value is None:
             if rep.warned and rep.bound < limit * self.rearm_fraction:
@@ -543,8 +591,10 @@ class MemoryGuard(threading.Thread):
         elif value >= warn_at:
             if not rep.warned:
                 rep.warned = True
-                log.warning("%s: memory %s is %.0f%% of its limit %s", rep.name, _fmt(value),
-                            100.0 * value / limit, _fmt(limit))
+                # the runner reports through on_warning; log loudly only for bare use
+                log.log(logging.INFO if self.on_warning else logging.WARNING,
+                        "%s: memory %s is %.0f%% of its limit %s", rep.name, _fmt(value),
+                        100.0 * value / limit, _fmt(limit))
                 self._call(self.on_warning, rep.name, {
                     "pid": rep.pid, "memory_bytes": value, "limit_bytes": limit,
                     "peak_bytes": rep.peak, "metric": self.metric, "time": time.time(),
@@ -561,10 +611,32 @@ class MemoryGuard(threading.Thread):
             self._exact_reads += 1
             v = m.rss if e is None or e[idx] is None else e[idx]
             m.base_val, m.base_rss, m.base_faults = v, m.rss, m.faults
+            m.disp_val, m.disp_rss, m.disp_t = v, m.rss, self.clock()
             total += v
         rep.exact = rep.memory = rep.bound = total
         rep.carry = 0
+        rep.regrouped = False
         return total
+
+    def _refresh_display(self, rep, now):
+        """Keep the displayed figure close to the metric between exact readings: read a
+        process that joined since (a worker booted: counting it at full RSS would count
+        the pages it shares with the master again) and, within a small budget per sweep
+        and at most once a second per process, one whose RSS moved by more than
+        max(1 MiB, 5 %) since its reading (RSS moves by whole shared pages; the metric
+        by a share of them). Decisions never use these readings."""
+        idx = 0 if self.metric == "pss" else 1
+        for pid, m in rep.members.items():
+            if m.disp_val is not None:
+                if self._display_budget <= 0 or now - m.disp_t < self.display_min_age:
+                    continue
+                if abs(m.rss - m.disp_rss) <= max(DRIFT_BYTES, DRIFT_FRACTION * m.disp_rss):
+                    continue
+                self._display_budget -= 1
+            e = self.backend.exact(pid)
+            self._exact_reads += 1
+            m.disp_val = m.rss if e is None or e[idx] is None else e[idx]
+            m.disp_rss, m.disp_t = m.rss, now
 
     # ─── enforcement ────────────────────────────────────────────────────────────────────
     def _verified(self, rep):
@@ -646,9 +718,9 @@ class MemoryGuard(threading.Thread):
         reaction = self.clock() - t0
         self._kills += 1
         self._drop(rep)
-        log.warning("OOMKILLED %s: %s %s >= limit %s (peak %s); SIGKILL to %d process(es)",
-                    rep.name, self.metric, _fmt(value), _fmt(rep.limit), _fmt(rep.peak),
-                    len(pids))
+        log.log(logging.INFO if self.on_kill else logging.WARNING,
+                "OOMKILLED %s: %s %s >= limit %s (peak %s); SIGKILL to %d process(es)", rep.name,
+                self.metric, _fmt(value), _fmt(rep.limit), _fmt(rep.peak), len(pids))
         self._call(self.on_kill, rep.name, {
             "pid": rep.pid, "memory_bytes": value, "peak_bytes": rep.peak,
             "limit_bytes": rep.limit, "metric": self.metric, "time": time.time(),

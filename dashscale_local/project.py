@@ -26,8 +26,13 @@ class Project:
             [os.path.join(self.directory, ".env")]
         self.env_required = bool(env_files)
         self.env = load_env_files(self.env_files, required=self.env_required)
-        self.limit_spec = memory_limit or (settings or {}).get("memory_limit")
-        self.limit_source = "--memory-limit" if memory_limit else "memory_limit"
+        if memory_limit is not None:
+            self.limit_spec, self.limit_source = memory_limit, "--memory-limit"
+        else:  # dashscale.ini next to the Procfile, else conf/defaults.ini
+            self.limit_spec = (settings or {}).get("memory_limit")
+            ini = os.path.join(self.directory, "dashscale.ini")
+            self.limit_source = (f"{ini}: memory_limit" if _ini_sets(ini, "memory_limit")
+                                 else "memory_limit")
         self.memory_limits = parse_limits(self.limit_spec, self.type_names, self.limit_source)
         self.extra_env = {}  # e.g. REDIS_URL from managed services
 
@@ -66,7 +71,9 @@ class Project:
             os.path.join(self.run_dir, "formation")
         text = "".join(f"{k}={v}\n" for k, v in counts.items())
         tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        private = 0o600 if path.startswith(self.run_dir + os.sep) else 0o666  # umask applies
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, private)
+        with open(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
 
@@ -77,6 +84,17 @@ class Project:
         return resolve_formation(self.type_names, saved, *parsed,
                                  pod_limit=int(settings["pod_limit"]),
                                  max_per_type=int(settings["max_replicas_per_type"]))
+
+
+def _ini_sets(path, key):
+    """True if the project's dashscale.ini sets ``key`` (to name it in error messages)."""
+    import configparser
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path)
+        return parser.has_option("dashscale", key)
+    except configparser.Error:
+        return False
 
 
 def find_procfile(path=None):

@@ -55,8 +55,10 @@ def parse_limits(spec, type_names, source="--memory-limit"):
     limits = {name: DEFAULT_MEMORY_LIMIT for name in type_names}
     if spec is None:
         return limits
+    texts = {}  # type -> the size as written (named in the error messages)
     if "=" not in spec:
         given = {"all": parse_size(spec, source)}
+        texts["all"] = spec.strip()
     else:
         given = {}
         for item in filter(None, (i.strip() for i in spec.split(","))):
@@ -69,15 +71,23 @@ def parse_limits(spec, type_names, source="--memory-limit"):
                                  f"(Procfile has: {', '.join(type_names)})", source)
             if name in given:
                 raise UsageError(f"{name!r} is given twice", source)
+            if not size:
+                raise UsageError(f"{name}: empty size in {item!r} ({HINT})", source)
             given[name] = parse_size(size, source)
+            texts[name] = size
     if "all" in given:
         limits = dict.fromkeys(limits, given.pop("all"))
+        texts = {**dict.fromkeys(limits, texts.pop("all")), **texts}
     limits.update(given)
     for name, limit in limits.items():
         if limit < MIN_MEMORY_LIMIT:
+            text = texts.get(name, "")
+            unitless = bool(text) and text[-1:].isdigit()
             raise UsageError(f"{name}: limit {format_size(limit)} is below the minimum of "
                              f"{format_size(MIN_MEMORY_LIMIT)} (gunicorn and Python need "
-                             "more than that to start)", source)
+                             "more than that to start)"
+                             + (f"; {text!r} has no unit, so it is bytes: write "
+                                f"{text}Mi or {text}Gi" if unitless else ""), source)
     return limits
 
 

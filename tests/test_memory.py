@@ -432,3 +432,81 @@ def test_fallback_backends_measure_the_same_and_kill(hog, make_guard, backend, s
     h.send("alloc 120")  # no reply expected: it may be killed first
     wait_until(lambda: alt.rec.kills, what="kill by the fallback backend")
     wait_until(h.all_gone, 5, "tree gone")
+
+
+# ─── the displayed figure, and the PSS fallback ──────────────────────────────────────────
+FORK_LATER = r"""
+import os, sys, time
+block = b"\x01" * (100 << 20)           # shared copy-on-write with the children forked below
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(3):
+    if os.fork() == 0:
+        time.sleep(600); os._exit(0)
+print("forked", flush=True)
+time.sleep(600)
+"""
+
+
+def _tree_pss(pid):
+    from dashscale_local.memory import ProcBackend
+    backend = ProcBackend()
+    pids = [pid] + [int(p) for p in os.listdir("/proc") if p.isdigit()
+                    and _ppid(int(p)) == pid]
+    return sum((backend.exact(p) or (0, 0))[0] for p in pids), len(pids)
+
+
+def _ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rfind(b")") + 2:].split()[1])
+
+
+def test_workers_forked_after_a_reading_are_not_counted_at_full_rss(make_guard):
+    """Far from the limit (no tree reading for a while), processes that join share the
+    master's pages: memory_bytes must follow Σ PSS, not add their RSS (4× here)."""
+    proc = subprocess.Popen([sys.executable, "-c", FORK_LATER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        g = make_guard(refresh=None)
+        g.watch("web.1", proc.pid, 8192 * MiB)
+        first_reading(g, "web.1")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "forked"
+        wait_until(lambda: g.snapshot()["web.1"]["processes"] == 4, what="children adopted")
+        t = time.monotonic()
+        pss, n = _tree_pss(proc.pid)
+        assert n == 4 and 100 * MiB < pss < 150 * MiB
+        # the tree is re-read within regroup_age (2 s) of the change
+        wait_until(lambda: abs(g.snapshot()["web.1"]["memory_bytes"] - pss) < 10 * MiB, 5,
+                   "memory_bytes ≈ Σ PSS")
+        assert time.monotonic() - t < 3
+        snap = g.snapshot()["web.1"]
+        assert snap["rss_bytes"] > 400 * MiB and snap["peak_bytes"] >= snap["memory_bytes"]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_pss_unavailable_falls_back_to_rss(hog, make_guard):
+    from dashscale_local.memory import ProcBackend
+
+    class NoPss(ProcBackend):  # as on a system without PSS (macOS, psutil without pss)
+        def exact(self, pid):
+            e = super().exact(pid)
+            return None if e is None else (None, e[1])
+
+    g = make_guard(backend=NoPss())
+    assert g.metric == "rss" and g.source == "stat"
+    h = hog("--children", 2, "--alloc", 30)
+    assert h.event()["event"] == "allocated"
+    g.watch("web.1", h.pid, 500 * MiB)
+    snap = first_reading(g, "web.1")
+    assert snap["metric"] == "rss" and snap["memory_bytes"] == snap["rss_bytes"] > 30 * MiB
+    uss = make_guard(backend=NoPss(), metric="uss")
+    assert uss.metric == "uss"  # only the unavailable metric falls back
