@@ -38,6 +38,13 @@ Kubernetes (``export k8s``)
   Procfile's directory and whose PATH has gunicorn.
 - ``-o DIR`` writes one file per object (``deployment-<name>-web.yaml`` …); no ``-o`` or
   ``-o -`` writes multi-document YAML on stdout.
+- Managed services (``--service``, else ``services`` in dashscale.ini, as for ``start``)
+  are not dropped: ``redis`` becomes a Secret (random password), a Deployment
+  (``redis:7 --requirepass --appendonly yes``, data on an emptyDir) and a Service
+  ``<name>-redis``, and every container gets ``REDIS_PASSWORD`` (from the Secret) and
+  ``REDIS_URL=redis://:$(REDIS_PASSWORD)@<name>-redis:6379/0``. ``postgres`` is not
+  deployed (use a managed database): every container reads ``DATABASE_URL`` from a
+  Secret ``<name>-postgres`` that the header says how to create. The header lists both.
 
 supervisord (``export supervisord``)
 ------------------------------------
@@ -201,7 +208,78 @@ def split_env(env):
     return config, secret
 
 
-def k8s_objects(project, counts, image=DEFAULT_IMAGE, app_name=None, port=CONTAINER_PORT):
+REDIS_IMAGE = "redis:7"
+
+
+def service_names(settings, extra=()):
+    """Managed services (`--service` / dashscale.ini `services`) as for `start`."""
+    from .services import parse_names
+    if extra:
+        return parse_names(",".join(extra), "--service")
+    return parse_names(settings.get("services", ""), "dashscale.ini")
+
+
+def services_comment(base, services, redis_name=None):
+    """Header lines saying what became of each managed service."""
+    lines = []
+    if services:
+        lines.append(f"# services: {', '.join(services)} (dashscale start --service …)")
+    if "redis" in services:
+        lines.append(f"# redis: Deployment + Service {redis_name} ({REDIS_IMAGE}, requirepass "
+                     f"from Secret {redis_name}, AOF on an emptyDir: use a managed Redis or a "
+                     "PersistentVolume for data that must outlive the pod); every container "
+                     "gets REDIS_URL")
+    if "postgres" in services:
+        lines.append(f"# postgres: not deployed. Every container reads DATABASE_URL from Secret "
+                     f"{base}-postgres; create it for your database:")
+        lines.append(f"#   kubectl create secret generic {base}-postgres "
+                     "--from-literal=DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DB")
+    return "".join(line + "\n" for line in lines)
+
+
+def redis_objects(name, base, common):
+    """A password-protected Redis for the app: Secret, Deployment, Service."""
+    import secrets
+    labels = {**common, "service": "redis"}
+    selector = {"app": base, "service": "redis"}
+    return [
+        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+         "metadata": {"name": name, "labels": dict(labels)},
+         "stringData": {"REDIS_PASSWORD": secrets.token_urlsafe(24)}},
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": name, "labels": dict(labels),
+                      "annotations": {"dashscale/service": "redis"}},
+         "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
+                  "selector": {"matchLabels": selector},
+                  "template": {"metadata": {"labels": dict(labels)}, "spec": {
+                      "containers": [{
+                          "name": "redis", "image": REDIS_IMAGE,
+                          "args": ["--requirepass", "$(REDIS_PASSWORD)", "--appendonly", "yes"],
+                          "env": [{"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {
+                              "name": name, "key": "REDIS_PASSWORD"}}}],
+                          "ports": [{"name": "redis", "containerPort": 6379,
+                                     "protocol": "TCP"}],
+                          "readinessProbe": {"tcpSocket": {"port": "redis"},
+                                             "periodSeconds": 5},
+                          "resources": {"requests": {"memory": "128Mi"},
+                                        "limits": {"memory": "1Gi"}},
+                          "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                      "volumes": [{"name": "data", "emptyDir": {}}]}}}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": name, "labels": dict(labels)},
+         "spec": {"type": "ClusterIP", "selector": selector,
+                  "ports": [{"name": "redis", "port": 6379, "targetPort": "redis",
+                             "protocol": "TCP"}]}},
+    ]
+
+
+def redis_object_name(project, base):
+    taken = {dns_name(t) for t in project.procfile.types}
+    return f"{base}-managed-redis" if "redis" in taken else f"{base}-redis"
+
+
+def k8s_objects(project, counts, image=DEFAULT_IMAGE, app_name=None, port=CONTAINER_PORT,
+                services=()):
     """The manifests as a list of dicts, in apply order."""
     _check_app_name(app_name)
     base = _base_name(project, app_name)
@@ -225,6 +303,18 @@ def k8s_objects(project, counts, image=DEFAULT_IMAGE, app_name=None, port=CONTAI
                         "stringData": dict(sorted(secret.items()))})
         env_from.append({"secretRef": {"name": f"{base}-secret"}})
 
+    service_env = []
+    if "redis" in services:
+        redis_name = redis_object_name(project, base)
+        objects += redis_objects(redis_name, base, common)
+        service_env += [
+            {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {
+                "name": redis_name, "key": "REDIS_PASSWORD"}}},
+            {"name": "REDIS_URL", "value": f"redis://:$(REDIS_PASSWORD)@{redis_name}:6379/0"}]
+    if "postgres" in services:
+        service_env.append({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {
+            "name": f"{base}-postgres", "key": "DATABASE_URL"}}})
+
     path = f"/{app_name}/" if app_name else "/"
     fixed_env = {"PORT": str(port), "PYTHONUNBUFFERED": "1", **_dash_prefix_env(app_name)}
     for ptype in project.procfile.types.values():
@@ -238,7 +328,8 @@ def k8s_objects(project, counts, image=DEFAULT_IMAGE, app_name=None, port=CONTAI
             "command": command_argv(command),
             "env": [{"name": k, "value": v} for k, v in fixed_env.items()] + [
                 {"name": "DASHSCALE_REPLICA",
-                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}] + [
+                dict(e) for e in service_env],
             "resources": {"requests": {"memory": k8s_quantity(min(MEMORY_REQUEST, limit))},
                           "limits": {"memory": k8s_quantity(limit)}},
         }
@@ -493,14 +584,22 @@ from .cli import handle_errors, procfile_option  # noqa: E402
               help="Container image holding the app (WORKDIR = the Procfile's directory).")
 @click.option("--port", "port", type=click.IntRange(1, 65535), default=CONTAINER_PORT,
               show_default=True, help="Port every container listens on ($PORT).")
+@click.option("--service", "services", multiple=True, metavar="redis|postgres",
+              help="Managed services as for start (default: dashscale.ini's `services`).")
 @handle_errors
-def export_k8s(procfile, formation, memory_limit, env_files, app_name, output, image, port):
+def export_k8s(procfile, formation, memory_limit, env_files, app_name, output, image, port,
+               services):
     """Kubernetes manifests: a Deployment per process type, a Service (and with
     --app-name an Ingress) for web, .env as ConfigMap/Secret."""
     _check_app_name(app_name)
     project, _settings, counts = load(procfile, env_files, formation, memory_limit)
-    objects = k8s_objects(project, counts, image=image, app_name=app_name, port=port)
-    written = write_k8s(objects, output, _header(project, counts, "k8s"))
+    services = service_names(_settings, services)
+    objects = k8s_objects(project, counts, image=image, app_name=app_name, port=port,
+                          services=services)
+    base = _base_name(project, app_name)
+    header = _header(project, counts, "k8s") + services_comment(
+        base, services, redis_object_name(project, base))
+    written = write_k8s(objects, output, header)
     for path in written:
         click.echo(f"wrote {path}", err=True)
 

@@ -106,6 +106,12 @@ def cleanup_stale(run_dir, timeout=10.0):
             sup.kill()
         except psutil.Error:
             pass
+    for ident in (state.get("services") or {}).values():
+        proc = same_process(ident)  # supervisord was gone: stop the server cleanly
+        if proc is not None:
+            from .services import stop_process
+            stop_process(proc, timeout)
+            killed.append(proc.pid)
     for ident in state.get("replicas", {}).values():
         proc = same_process(ident)
         if proc is None:

@@ -139,8 +139,10 @@ class Runner:
                                  "(another app? choose --base-port)")
         self.listener = rundir.bind_listener(self.host, self.port)
         if self.host not in ("127.0.0.1", "::1", "localhost"):
-            self.out.system(f"WARNING: the proxy listens on {self.host}: reachable from other "
-                            "machines. Use --host 127.0.0.1 to keep it private.")
+            self.out.system(f"WARNING: the proxy listens on {self.host}: the app and its "
+                            "dashboard (/_dashscale/, which can scale and restart replicas) "
+                            "are reachable from other machines. Use --host 127.0.0.1 to keep "
+                            "them private.")
         self.sup = Supervisord(self.run_dir, {
             "startsecs": int(number(self.settings, "startsecs")),
             "startretries": int(number(self.settings, "startretries")),

@@ -19,6 +19,7 @@ import xmlrpc.client
 from supervisor.xmlrpc import SupervisorTransport
 
 from .config import packaged_text
+from .output import last_lines
 from .errors import RuntimeFailure
 
 # supervisor fault codes we expect in normal operation.
@@ -114,6 +115,36 @@ def _write_private(path, text):
     os.chmod(path, 0o600)
 
 
+def _current_umask():
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _tighten(directory):
+    """chmod go-rwx every file in ``directory`` (left by an older run)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            mode = os.lstat(path).st_mode
+            if mode & 0o077 and not os.path.islink(path):
+                os.chmod(path, mode & 0o700)
+        except OSError:
+            pass
+
+
+def _disk_full(path, margin=64 * 1024):
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
+
+
 def _escape(value):
     return str(value).replace("%", "%%")  # supervisor expands %(name)s in values
 
@@ -130,11 +161,15 @@ class Supervisord:
         self.settings = program_settings  # startsecs, startretries, stopwaitsecs
         self.process = None
         self._local = threading.local()
+        # supervisord runs with umask 077 (its logs and pid file are private: replicas
+        # print what they like); each replica gets the user's own umask back.
+        self.user_umask = _current_umask()
 
     # -- files ---------------------------------------------------------------
     def write_config(self):
         for d in (self.programs_dir, self.launch_dir, os.path.join(self.run_dir, "logs")):
             os.makedirs(d, mode=0o700, exist_ok=True)
+        _tighten(os.path.join(self.run_dir, "logs"))  # logs of runs before umask 077
         text = packaged_text("supervisord.conf.tmpl").format(
             socket=_escape(self.socket), run_dir=_escape(self.run_dir),
             user=_escape(getpass.getuser()))
@@ -149,7 +184,18 @@ class Supervisord:
         text = packaged_text("program.conf.tmpl").format(
             name=name, type=type_, launcher=shlex.quote(_escape(launcher)),
             directory=_escape(directory), run_dir=_escape(self.run_dir),
+            umask=f"{self.user_umask:03o}",
             **{k: _escape(v) for k, v in self.settings.items()})
+        _write_private(os.path.join(self.programs_dir, f"{name}.conf"), text)
+
+    def write_service(self, name, command, stopsignal, stopwaitsecs, directory, env=None):
+        """A managed service (services.py): priority 1, so supervisord stops it after
+        every replica; always restarted when it dies; stop signal to the server only."""
+        launcher = os.path.join(self.launch_dir, f"{name}.sh")
+        _write_private(launcher, launcher_script(name, command, env or {}))
+        text = packaged_text("service.conf.tmpl").format(
+            name=name, launcher=shlex.quote(_escape(launcher)), directory=_escape(directory),
+            run_dir=_escape(self.run_dir), stopsignal=stopsignal, stopwaitsecs=int(stopwaitsecs))
         _write_private(os.path.join(self.programs_dir, f"{name}.conf"), text)
 
     def remove_program_file(self, name):
@@ -162,12 +208,15 @@ class Supervisord:
 
     # -- process -------------------------------------------------------------
     def start(self):
-        out = open(os.path.join(self.run_dir, "logs", "supervisord.out"), "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.supervisord", "-c", self.conf],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            cwd=self.run_dir, preexec_fn=_die_with_parent)
-        out.close()
+        out = os.open(os.path.join(self.run_dir, "logs", "supervisord.out"),
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.supervisord", "-c", self.conf],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.run_dir, preexec_fn=_die_with_parent, umask=0o077)
+        finally:
+            os.close(out)
 
     def wait_up(self, timeout=15.0):
         """Poll until the RPC answers. A ServerProxy whose first call failed keeps
@@ -175,9 +224,13 @@ class Supervisord:
         deadline = time.monotonic() + timeout
         while True:
             if self.process is not None and self.process.poll() is not None:
+                out = os.path.join(self.run_dir, "logs", "supervisord.out")
+                why = [line for line in last_lines(out, 5) if line.strip()][-1:]
+                if _disk_full(self.run_dir):
+                    why = ["no space left on the disk holding the run directory"]
                 raise RuntimeFailure(
-                    f"supervisord exited with code {self.process.returncode}; see "
-                    f"{os.path.join(self.run_dir, 'logs', 'supervisord.out')}")
+                    f"supervisord exited with code {self.process.returncode}"
+                    + (f" ({why[0].strip()[:200]})" if why else "") + f"; see {out}")
             self._local.proxy = None
             try:
                 if self.rpc().supervisor.getState()["statename"] == "RUNNING":
