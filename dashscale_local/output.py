@@ -44,9 +44,9 @@ class LogTail:
     """Follows one replica's log file from its current end, surviving truncation
     and rotation (the file shrinking or being replaced)."""
 
-    def __init__(self, path, from_start=False):
+    def __init__(self, path, from_start=False, offset=0):
         self.path = path
-        self.offset = None if not from_start else 0
+        self.offset = None if not from_start else offset
         self.inode = None
         self.partial = b""
 

@@ -308,6 +308,10 @@ class Runner:
         env.update(self.project.extra_env)
         self.sup.write_program(r.name, r.type, r.command, self._launcher_env(env),
                                self.project.directory)
+        # Follow the log from its current end: earlier runs' lines stay in the file
+        # (for `dashscale logs`) but are not printed again.
+        self._tails[r.name] = LogTail(self.sup.log_path(r.name), from_start=True,
+                                      offset=_size(self.sup.log_path(r.name)))
         return r
 
     def _launcher_env(self, env):
@@ -920,6 +924,13 @@ class Runner:
             tail = self._tails[r.name] = LogTail(self.sup.log_path(r.name), from_start=True)
         for line in tail.read_lines():
             self.out.line(r.name, line)
+
+
+def _size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _empty(path):
