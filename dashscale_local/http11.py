@@ -207,6 +207,14 @@ _REQ_DROP = frozenset(
     ]
 )
 _X_DROP = (b"x-forwarded-", b"x-dashscale-")
+
+
+def _spoofs_dropped(name, drop):
+    """A name with underscores that a CGI/WSGI server (HTTP_X_FORWARDED_FOR) would read
+    as a header we drop: dropped too (nginx drops every underscored name by default)."""
+    dashed = name.replace(b"_", b"-")
+    return dashed in drop or dashed.startswith(_X_DROP)
+
 # Never removed because a client named them in Connection (regenerated anyway).
 _CONN_PROTECTED = frozenset([b"host", b"content-length"])
 
@@ -224,6 +232,8 @@ _RESP_DROP = frozenset(
 )
 
 _NO_TOKENS = frozenset()
+_CLOSE_TOKENS = frozenset([b"close"])
+_RESP_FRAMING = frozenset([b"content-length", b"transfer-encoding", b"connection"])
 
 _VERSION_11 = b"HTTP/1.1"
 _VERSION_10 = b"HTTP/1.0"
@@ -1030,6 +1040,8 @@ def build_upstream_request(
                 else:
                     vias.append(value)
             continue
+        if b"_" in name and _spoofs_dropped(name, drop):
+            continue  # X_Forwarded_For: CGI-style servers read it as X-Forwarded-For
         out += (name, b": ", value, b"\r\n")
     if req.chunked:
         if body_length is None:
@@ -1042,10 +1054,15 @@ def build_upstream_request(
         out += (b"connection: Upgrade\r\nupgrade: ", req.upgrade_protocol, b"\r\n")
     elif not keep_alive:
         out.append(b"connection: close\r\n")
-    out += (b"x-forwarded-for: ", _b(client_ip), b"\r\nx-forwarded-proto: ", _b(proto), b"\r\n")
+    if client_ip.__class__ is not bytes:
+        client_ip = _b(client_ip)
+    if proto.__class__ is not bytes:
+        proto = _b(proto)
+    out += (b"x-forwarded-for: ", client_ip, b"\r\nx-forwarded-proto: ", proto, b"\r\n")
     if req.host:
         out += (b"x-forwarded-host: ", req.host, b"\r\n")
-    via = _b(via)
+    if via.__class__ is not bytes:
+        via = _b(via)
     if vias is not None:
         vias.append(via)
         via = b", ".join(vias)
@@ -1211,11 +1228,17 @@ class ResponseParser:
             if status < 100:
                 self._error = ProtocolError(502, "invalid upstream status code")
             return  # interim response (100 Continue, 103 Early Hints): dropped
-        headers = [(n.lower(), v.rstrip(b" \t")) for n, v in raw]
+        headers = []
+        append = headers.append
         cl = None
         te = None
         conn = None
-        for n, v in headers:
+        for n, v in raw:
+            n = n.lower()
+            v = v.rstrip(b" \t")
+            append((n, v))
+            if n not in _RESP_FRAMING:
+                continue
             if n == b"content-length":
                 if cl is not None or not v or v.translate(None, _DIGIT):
                     self._error = ProtocolError(502, "invalid upstream Content-Length")
@@ -1225,8 +1248,22 @@ class ResponseParser:
                 te = v if te is None else te + b"," + v
             elif n == b"connection":
                 conn = v if conn is None else conn + b"," + v
+        resp = self._make_response(status, reason, p.get_http_version(), headers, cl, te, conn)
+        if resp is None:
+            self._error = ProtocolError(502, "unsupported upstream transfer coding")
+            return
+        events = self._events
+        events.append(resp)
+        if resp.framing == FRAMING_NONE:
+            events.append(END)
+            self._done = True
+
+    def _make_response(self, status, reason, version, headers, cl, te, conn):
+        """The Response for a final (or 101) head; None for an unsupported coding."""
         if conn is None:
             conn_tokens = _NO_TOKENS
+        elif conn == b"close":
+            conn_tokens = _CLOSE_TOKENS
         else:
             conn_tokens = frozenset(_split_tokens((conn,)))
         method = self.request_method
@@ -1235,15 +1272,13 @@ class ResponseParser:
             framing = FRAMING_NONE
         elif te is not None:
             if _split_tokens((te,)) != [b"chunked"]:
-                self._error = ProtocolError(502, "unsupported upstream transfer coding")
-                return
+                return None
             framing = FRAMING_CHUNKED
             cl = None
         elif cl is not None:
             framing = FRAMING_LENGTH
         else:
             framing = FRAMING_CLOSE
-        version = p.get_http_version()
         if version == "1.1":
             keep_alive = b"close" not in conn_tokens
         else:
@@ -1253,11 +1288,7 @@ class ResponseParser:
         resp = self.response = Response(
             status, reason, version, headers, conn_tokens, framing, cl, keep_alive, upgrade
         )
-        events = self._events
-        events.append(resp)
-        if framing == FRAMING_NONE:
-            events.append(END)
-            self._done = True
+        return resp
 
     def on_body(self, data):
         if not self._done and self.response is not None:
@@ -1293,7 +1324,7 @@ def build_client_response_head(
     for name, value in resp.headers:
         if name in _RESP_DROP:
             continue
-        if name[:2] == b"x-" and name.startswith(b"x-dashscale-"):
+        if name.startswith(b"x-dashscale-"):
             continue
         if conn and name in conn:
             continue
@@ -1325,7 +1356,11 @@ def build_client_response_head(
         elif not http11:
             out.append(b"connection: keep-alive\r\n")
     for name, value in extra_headers:
-        out += (_b(name), b": ", _b(value), b"\r\n")
+        if name.__class__ is not bytes:
+            name = _b(name)
+        if value.__class__ is not bytes:
+            value = _b(value)
+        out += (name, b": ", value, b"\r\n")
     out.append(b"\r\n")
     return b"".join(out), chunked, keep_alive
 

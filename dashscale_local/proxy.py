@@ -1,41 +1,169 @@
-"""The app's single URL: an asyncio L7 proxy over the ready web replicas.
+"""The app's single URL: an asyncio L7 reverse proxy over the ready web replicas.
 
-I/O only: framing, validation and header rewriting live in http11 (sans-IO). Per client
-connection, requests are handled one at a time in arrival order (pipelined requests
-queue). A request body is buffered whole (≤ max_body) before a replica is chosen, so a
-request is only ever retried on another replica when the *connect* failed — never after
-any byte reached a replica (Dash callbacks are POSTs). Responses are streamed, with
-back-pressure: a slow client pauses reading from the replica.
+I/O only: framing, validation and header rewriting live in ``http11`` (sans-IO, strict:
+see its docstring for every rejection). This module decides *when* bytes move.
+
+Requests
+--------
+Per client connection, requests are handled one at a time in arrival order. A request
+body is buffered whole (≤ ``proxy_max_body``, else 413 — before any body byte is read
+when Content-Length says so) before a replica is chosen, so the forwarded request always
+carries a Content-Length that matches what the parser saw, and a request can be retried
+on another replica when the *connect* failed — never after any byte reached a replica
+(Dash callbacks are POSTs). Pipelined requests are parsed as they come; once one is
+complete and waiting, reading pauses until it is its turn (bounds memory per client).
+``Expect: 100-continue`` is answered by the proxy itself, and only when the request is
+the one being served (never in the middle of another response).
+
+Upstream connections: one per request, ``Connection: close`` (as nginx without an
+upstream ``keepalive`` block). Gunicorn's sync workers — the Procfile default — close
+every connection anyway, and a pooled idle connection that the replica closes at the
+moment it is reused is the classic race that forces either unsafe retries of POSTs or
+spurious 502s. Loopback connects are cheap (≈30 µs).
+
+Responses are streamed with back-pressure: a client that does not read pauses reading
+from the replica (``proxy_send_timeout`` then aborts both). A chunked or
+read-until-close upstream body is re-chunked for HTTP/1.1 clients. Every response carries
+``X-Dashscale-Replica``.
+
+Failures (what the client sees)
+-------------------------------
+* no replica in rotation → 503 + ``Retry-After``; every replica tried refused the
+  connect (nothing reached any) → 503 + ``Retry-After`` too (safe to retry).
+* the replica closed/reset before a complete response head → 502 with a plain reason;
+  after the head → the client connection is aborted (a truncated body, as nginx does),
+  never a made-up ending.
+* no byte from the replica for ``proxy_read_timeout`` → 504 (or abort after the head).
+* request head not complete ``proxy_header_timeout`` after its first byte (or after
+  the connection opened) → 408 (slowloris); no body byte for ``proxy_body_timeout`` →
+  408; idle keep-alive connection → closed after ``proxy_keepalive_timeout``; a new
+  connection that never sent a byte → closed quietly after ``proxy_header_timeout``
+  (no 408 on a browser's pre-opened socket, as nginx).
+* more than ``proxy_max_connections`` open client connections → 503 and close.
+* the client closes (FIN or RST) while its request is in flight → the replica connection
+  is aborted and its slot freed at once (nginx's default, ``proxy_ignore_client_abort
+  off``; a client that half-closes after sending is treated as gone, as nginx does).
+
+Timers
+------
+No timer is created per request: every connection keeps a deadline (a float) and one
+sweeper per proxy checks them every ``min(timeouts)/4`` s (≤ 0.5 s, ≥ 0.02 s), so the
+hot path only stores ``loop.time()``. Timeouts fire within one sweep period.
+
+WebSocket
+---------
+A ``GET`` with ``Upgrade: websocket`` is forwarded with ``Connection: Upgrade``; on 101
+both directions are tunnelled byte for byte with back-pressure both ways and half-close
+propagated; ``proxy_read_timeout`` applies as an idle timeout to the tunnel (as nginx).
+The replica's in-flight slot is released at the 101 (a tunnel is not a request: it does
+not hold up ``drain`` nor count for least-outstanding).
+
+Health
+------
+Passive: a failed connect takes the replica out of rotation (``Pool.connect_failed``)
+and the runner re-probes it with back-off. Active (``HealthChecker``, every
+``proxy_health_interval`` s, 0 = off): a TCP connect to each replica in rotation, not an
+HTTP request — a sync worker busy with a 2 s callback still completes TCP handshakes
+(the kernel queues them in the listen backlog), whereas an HTTP probe would either wait
+behind the callback or, with a short timeout, wrongly evict a busy replica. A refused
+connect evicts at once; a connect that times out (backlog full) evicts after 3 in a row.
+Without an owner for re-probing (standalone proxy), the checker re-probes failed backends
+itself with back-off (0.1 s doubling to 2 s).
+
+Speed (benchmarks/bench_proxy.py; profiled with py-spy --native and strace -c): per
+request the proxy makes about as many syscalls as nginx (≈14 vs 12: socket, connect,
+getsockopt, write, read ×2, writev, close, epoll…) and they dominate; what remains is
+Python — ≈12 µs in http11 (parse, rebuild) and a few µs of plumbing. Hence: one Task
+per forwarded request (the connect) and no ``asyncio.wait_for``; no timer per request
+(the sweeper); the request (head + buffered body) written from ``connection_made``
+(``writelines`` → one writev on uvloop); the response head and the first body bytes in
+one write; byte-string replica names and client address precomputed; ``__slots__`` on
+the per-connection objects. Tried and measured as no gain: a callback instead of the
+connect coroutine, raw non-blocking sockets with add_reader/add_writer instead of
+uvloop transports (slower), RST instead of FIN towards the replica, a regex fast path
+for response heads (slower than llhttp), libuv without io_uring. Run standalone:
+``python -m dashscale_local.proxy --backend 127.0.0.1:5006 --backend 127.0.0.1:5007
+--port 8050``.
 """
+import argparse
 import asyncio
-import time
+import os
+import signal
+import socket
+import sys
 from http import HTTPStatus
 
 from . import http11
-from .http11 import END, ProtocolError, Request, Response
+from .http11 import END, LAST_CHUNK, ProtocolError, Request, Response, encode_chunk
 
 MiB = 1024 * 1024
 LOCAL_PREFIX = b"/_dashscale/"  # served by the runner itself, never by the app
 
 
 def _is_local(target):
-    """/_dashscale/… and /_dashscale itself (which the dashboard redirects)."""
+    """/_dashscale/… and /_dashscale itself (the dashboard redirects it to /_dashscale/)."""
     return target.startswith(LOCAL_PREFIX) or target == LOCAL_PREFIX[:-1] \
         or target.startswith(LOCAL_PREFIX[:-1] + b"?")
 
+# Deadline kinds of a client connection.
+_NONE, _IDLE, _HEADER, _BODY = 0, 1, 2, 3
+# Deadline kinds of an upstream connection.
+_CONNECT, _READ, _SEND, _TUNNEL = 1, 2, 3, 4
+
+_REPLICA_HEADER = b"X-Dashscale-Replica"
+_VIA = b"1.1 dashscale"
+
+COUNTERS = ("connections", "connections_refused", "requests", "local_requests", "rejected",
+            "timeouts_408", "idle_closed", "no_replica", "connect_failures", "connect_retries",
+            "bad_gateway", "gateway_timeout", "truncated", "client_aborts", "client_too_slow",
+            "upgrades")
+
+
+def _number(value, kind=float):
+    if isinstance(value, (int, float)):
+        return kind(value)
+    text = str(value).strip()
+    try:
+        return kind(float(text))
+    except ValueError:
+        from .sizes import parse_size
+        return kind(parse_size(text, "proxy setting"))
+
 
 class ProxySettings:
+    """Proxy settings (``proxy_*`` keys of conf/defaults.ini; seconds unless noted)."""
+
+    DEFAULTS = {
+        "proxy_max_body": 64 * MiB,          # bytes (sizes like 64MiB accepted); 413 above
+        "proxy_header_timeout": 10,          # whole request head, from its first byte
+        "proxy_body_timeout": 60,            # between two reads of a request body
+        "proxy_keepalive_timeout": 75,       # idle client connection between requests
+        "proxy_connect_timeout": 5,          # connect to a replica
+        "proxy_read_timeout": 300,           # between two reads from a replica (callbacks)
+        "proxy_send_timeout": 60,            # client not reading a response
+        "proxy_max_connections": 4096,       # open client connections
+        "proxy_retry_after": 1,              # Retry-After of a 503
+        "proxy_health_interval": 2,          # active TCP probe period, 0 = off
+    }
+
     def __init__(self, settings=None):
-        s = settings or {}
-        f = lambda key, default: float(s.get(key, default))  # noqa: E731
-        self.max_body = int(f("proxy_max_body", 64 * MiB))
-        self.header_timeout = f("proxy_header_timeout", 10)     # slowloris: whole head
-        self.body_timeout = f("proxy_body_timeout", 60)         # whole request body
-        self.keepalive_timeout = f("proxy_keepalive_timeout", 75)
-        self.connect_timeout = f("proxy_connect_timeout", 5)
-        self.read_timeout = f("proxy_read_timeout", 300)        # slow callbacks
-        self.max_connections = int(f("proxy_max_connections", 4096))
-        self.retry_after = int(f("proxy_retry_after", 1))
+        s = dict(self.DEFAULTS)
+        for key, value in (settings or {}).items():
+            if key in s and value is not None and value != "":
+                s[key] = value
+        self.max_body = _number(s["proxy_max_body"], int)
+        self.header_timeout = _number(s["proxy_header_timeout"])
+        self.body_timeout = _number(s["proxy_body_timeout"])
+        self.keepalive_timeout = _number(s["proxy_keepalive_timeout"])
+        self.connect_timeout = _number(s["proxy_connect_timeout"])
+        self.read_timeout = _number(s["proxy_read_timeout"])
+        self.send_timeout = _number(s["proxy_send_timeout"])
+        self.max_connections = _number(s["proxy_max_connections"], int)
+        self.retry_after = _number(s["proxy_retry_after"], int)
+        self.health_interval = _number(s["proxy_health_interval"])
+        timeouts = (self.header_timeout, self.body_timeout, self.keepalive_timeout,
+                    self.connect_timeout, self.read_timeout, self.send_timeout)
+        self.sweep_interval = min(0.5, max(0.02, min(timeouts) / 4))
 
 
 def _phrase(status):
@@ -50,158 +178,253 @@ class Proxy:
         self.pool = pool
         # async (request, body) -> (status, [(name, value)], body) for LOCAL_PREFIX paths
         self.local_handler = local_handler
-        self.root_is_local = False  # with --app-name, `/` redirects to /NAME/ (runner answers)
         self.listener = listener
-        self.settings = ProxySettings(settings)
+        self.settings = settings if isinstance(settings, ProxySettings) else ProxySettings(settings)
         self.server = None
+        self.loop = None
         self.connections = set()
-        self.counters = {"requests": 0, "rejected": 0, "no_replica": 0, "bad_gateway": 0,
-                         "connect_retries": 0, "connections_refused": 0}
+        self.tunnels = 0
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.health = None
+        self._sweeper = None
 
     async def start(self):
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: ClientConnection(self), sock=self.listener,
-                                               backlog=1024)
+        self.loop = loop = asyncio.get_running_loop()
+        _raise_nofile_limit(2 * self.settings.max_connections + 256)
+        self.server = await loop.create_server(self._protocol, sock=self.listener, backlog=1024)
+        self._sweeper = loop.call_later(self.settings.sweep_interval, self._sweep)
+        if self.settings.health_interval > 0:
+            self.health = HealthChecker(self.pool, self.settings)
+            self.health.start()
+
+    def _protocol(self):
+        return ClientConnection(self)
 
     async def close(self):
+        if self.health is not None:
+            self.health.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self.server is not None:
             self.server.close()
             for conn in list(self.connections):
                 conn.abort()
 
     def stats(self):
-        return dict(self.counters, open_connections=len(self.connections))
+        return dict(self.counters, open_connections=len(self.connections),
+                    open_tunnels=self.tunnels)
+
+    def _sweep(self):
+        """Fire every deadline that passed (see "Timers" in the module docstring)."""
+        now = self.loop.time()
+        for conn in list(self.connections):
+            d = conn.deadline
+            if d and d <= now:
+                conn.deadline_passed()
+            up = conn.upstream
+            if up is not None and up.deadline and up.deadline <= now:
+                up.deadline_passed()
+        self._sweeper = self.loop.call_later(self.settings.sweep_interval, self._sweep)
 
 
 class ClientConnection(asyncio.Protocol):
     """One client connection: parse requests, forward each, stream the response back."""
 
+    __slots__ = ("proxy", "pool", "settings", "loop", "counters", "transport", "client_ip",
+                 "parser", "queue", "current", "body", "busy", "closing", "deadline", "kind",
+                 "upstream", "tunnel", "pending_error", "continue_pending", "read_paused",
+                 "write_paused")
+
     def __init__(self, proxy):
         self.proxy = proxy
         self.pool = proxy.pool
         self.settings = proxy.settings
+        self.loop = proxy.loop
+        self.counters = proxy.counters
         self.transport = None
-        self.client_ip = "-"
+        self.client_ip = b"-"
         self.parser = http11.RequestParser(max_body=self.settings.max_body)
-        self.queue = []            # complete (request, body) waiting their turn
-        self.current = None        # request being received
-        self.body = []
-        self.busy = False          # a request is being forwarded
+        self.queue = []            # complete (request, body chunks) waiting their turn
+        self.current = None        # request whose body is being received
+        self.body = None
+        self.busy = False          # a request is being served
         self.closing = False
-        self.timer = None
-        self.upstream = None       # Upstream of the request in flight
-        self.tunnel = None         # upstream transport once a WebSocket is upgraded
+        self.deadline = 0.0        # loop time; 0 = none (see Proxy._sweep)
+        self.kind = _NONE
+        self.upstream = None       # Upstream of the request in flight (also the tunnel)
+        self.tunnel = False
+        self.pending_error = None  # a protocol error found while busy: sent after
+        self.continue_pending = False
+        self.read_paused = False
+        self.write_paused = False
 
     # -- connection events ---------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if peer else "-"
-        if len(self.proxy.connections) >= self.settings.max_connections:
-            self.proxy.counters["connections_refused"] += 1
+        proxy = self.proxy
+        self.counters["connections"] += 1
+        if len(proxy.connections) >= self.settings.max_connections:
+            self.counters["connections_refused"] += 1
+            self.closing = True
             transport.write(http11.error_response(503, "too many connections",
                                                   retry_after=self.settings.retry_after))
             transport.close()
-            self.closing = True
             return
-        self.proxy.connections.add(self)
-        self._arm(self.settings.header_timeout, 408)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip = peer[0].encode("latin-1")
+        proxy.connections.add(self)
+        self.deadline = self.loop.time() + self.settings.header_timeout
+        self.kind = _HEADER
 
     def connection_lost(self, exc):
         self.closing = True
         self.proxy.connections.discard(self)
-        self._disarm()
-        if self.upstream is not None:
-            self.upstream.client_gone()
-        if self.tunnel is not None:
-            self.tunnel.close()
+        self.deadline = 0.0
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.client_gone()
+        self.queue.clear()
+        self.body = None
 
     def abort(self):
         self.closing = True
-        if self.transport:
+        if self.transport is not None:
             self.transport.abort()
 
     def pause_writing(self):
+        self.write_paused = True
         if self.upstream is not None:
-            self.upstream.pause()
+            self.upstream.client_paused()
 
     def resume_writing(self):
+        self.write_paused = False
         if self.upstream is not None:
-            self.upstream.resume()
+            self.upstream.client_resumed()
 
     def data_received(self, data):
-        if self.tunnel is not None:
-            self.tunnel.write(data)
+        if self.tunnel:
+            self.upstream.tunnel_write(data)
             return
+        if self.closing:
+            return
+        kind = self.kind
+        if kind == _IDLE:
+            self.kind = _HEADER  # a new request starts: the head must be complete in time
+            self.deadline = self.loop.time() + self.settings.header_timeout
+        elif kind == _BODY:
+            self.deadline = self.loop.time() + self.settings.body_timeout
         try:
             events = self.parser.feed(data)
         except ProtocolError as exc:
             self._take(exc.events)
             self._reject(exc.status, exc.reason)
             return
-        self._take(events)
+        if events:
+            self._take(events)
 
     def eof_received(self):
-        if self.tunnel is not None:
-            if self.tunnel.can_write_eof():
-                self.tunnel.write_eof()
-            return True
+        if self.tunnel:
+            return self.upstream.tunnel_eof_from_client()
+        if self.busy:
+            # The client went away while its request is in flight (see module doc).
+            self._client_gone()
+            return False
         try:
             self.parser.feed_eof()
         except ProtocolError as exc:
-            self._reject(exc.status, exc.reason)
-            return False
-        # Half-closed between requests: finish what is queued, then close.
-        if not self.busy and not self.queue:
-            return False
-        self.closing_after_queue = True
-        return True
+            if not self.closing:
+                self.counters["rejected"] += 1
+            self._send_error_and_close(exc.status, exc.reason)
+        return False
+
+    def _client_gone(self):
+        self.counters["client_aborts"] += 1
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.client_gone()
+        self.abort()
 
     # -- requests ------------------------------------------------------------
     def _take(self, events):
         for ev in events:
-            if ev.__class__ is Request:
-                self.current, self.body = ev, []
-                self._arm(self.settings.body_timeout, 408)
-                if ev.expect_continue:
-                    self.transport.write(http11.CONTINUE_100)
-            elif ev is END:
-                self.queue.append((self.current, b"".join(self.body)))
-                self.current, self.body = None, []
-                self._disarm()
-                if self.current is None and not self.busy:
-                    pass
-            else:
+            cls = ev.__class__
+            if cls is bytes:
                 self.body.append(ev)
-        if self.queue and not self.busy:
-            self._next()
-        if len(self.queue) > 8:
-            self.transport.pause_reading()  # a client pipelining too far ahead
+            elif cls is Request:
+                self.current = ev
+                self.body = []
+                if ev.chunked or ev.content_length:
+                    if not self.busy:
+                        self.kind = _BODY
+                        self.deadline = self.loop.time() + self.settings.body_timeout
+                    if ev.expect_continue:
+                        if self.busy or self.queue:
+                            self.continue_pending = True  # sent when it is this one's turn
+                        elif not self.closing:
+                            self.transport.write(http11.CONTINUE_100)
+            else:  # END
+                self.queue.append((self.current, self.body))
+                self.current = None
+                self.body = None
+                self.continue_pending = False
+        if self.queue:
+            if not self.busy:
+                self._next()
+            elif not self.read_paused and not self.closing:
+                self.read_paused = True
+                self.transport.pause_reading()
 
     def _next(self):
-        if not self.queue:
-            if getattr(self, "closing_after_queue", False):
-                self.transport.close()
-            elif not self.closing:
-                self._arm(self.settings.keepalive_timeout if self.current is None
-                          else self.settings.header_timeout, None)
+        if self.closing:
             return
-        if len(self.queue) <= 8:
-            self.transport.resume_reading()
+        if not self.queue:
+            if self.pending_error is not None:
+                self._send_error_and_close(*self.pending_error)
+                return
+            if self.parser.closed:
+                self.transport.close()  # the last request said Connection: close
+                return
+            if self.current is not None:
+                self.kind = _BODY
+                self.deadline = self.loop.time() + self.settings.body_timeout
+                if self.continue_pending:
+                    self.continue_pending = False
+                    if not self.body:
+                        self.transport.write(http11.CONTINUE_100)
+            elif self.parser.in_message:
+                self.kind = _HEADER
+                self.deadline = self.loop.time() + self.settings.header_timeout
+            else:
+                self.kind = _IDLE
+                self.deadline = self.loop.time() + self.settings.keepalive_timeout
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+            return
         req, body = self.queue.pop(0)
         self.busy = True
-        self._disarm()
-        self.proxy.counters["requests"] += 1
+        self.deadline = 0.0
+        self.kind = _NONE
+        if self.read_paused and not self.queue:
+            self.read_paused = False
+            self.transport.resume_reading()
         if self.proxy.local_handler is not None and (
-                _is_local(req.target) or (req.target == b"/" and self.proxy.root_is_local)):
-            asyncio.ensure_future(self._serve_locally(req, body))
+                _is_local(req.target)
+                or (req.target == b"/" and getattr(self.proxy, "root_is_local", False))):
+            self.counters["local_requests"] += 1
+            self.loop.create_task(self._serve_locally(req, body))
         else:
-            asyncio.ensure_future(self._forward(req, body))
+            self.counters["requests"] += 1
+            self._forward(req, body, None)
 
     async def _serve_locally(self, req, body):
         """Paths under /_dashscale/ (the dashboard and its API) are the runner's own."""
         try:
-            status, headers, payload = await self.proxy.local_handler(req, body)
+            status, headers, payload = await self.proxy.local_handler(req, b"".join(body))
         except Exception as exc:  # a dashboard bug must not take the proxy down
             status, headers, payload = 500, [(b"content-type", b"text/plain")], \
                 f"dashboard error: {exc}".encode()
@@ -221,231 +444,548 @@ class ClientConnection(asyncio.Protocol):
             return
         self._next()
 
-    async def _forward(self, req, body):
-        loop = asyncio.get_running_loop()
-        tried = []
-        while True:
-            backend = self.pool.pick(tried)
-            if backend is None:
-                self.proxy.counters["no_replica"] += 1
-                self._reply_error(503, "no replica is ready to serve this request",
-                                  retry_after=self.settings.retry_after)
-                return
-            up = Upstream(self, backend, req)
-            try:
-                await asyncio.wait_for(
-                    loop.create_connection(lambda: up, backend.host, backend.port),
-                    self.settings.connect_timeout)
-                break
-            except (OSError, asyncio.TimeoutError):
-                # Nothing reached the replica: safe to try the next one.
-                self.pool.connect_failed(backend)
-                self.proxy.counters["connect_retries"] += 1
-                tried.append(backend)
-        if self.closing:
-            up.transport.close()
+    def _forward(self, req, body, tried):
+        backend = self.pool.pick(tried)
+        if backend is None:
+            self.busy = False
+            self.counters["no_replica"] += 1
+            if tried:
+                reason = ("could not connect to any replica (tried " +
+                          ", ".join(b.name for b in tried) + ")")
+            else:
+                reason = "no replica is ready to serve this request"
+            self._send_error_and_close(503, reason, self.settings.retry_after)
             return
-        self.upstream = up
         self.pool.acquire(backend)
-        up.started = time.monotonic()
-        up.transport.write(http11.build_upstream_request(
-            req, self.client_ip, body_length=len(body) if req.chunked else None) + body)
+        self.upstream = Upstream(self, backend, req, body, tried)
 
-    def request_done(self, up, ok, keep_alive):
-        """Called by Upstream when the response ended (or failed)."""
-        self.pool.release(up.backend, ok, time.monotonic() - up.started)
+    def connect_failed(self, up):
+        """Nothing reached the replica: safe to try another one."""
+        self.upstream = None
+        self.counters["connect_failures"] += 1
+        self.pool.connect_failed(up.backend)
+        if self.closing:
+            return
+        tried = up.tried or []
+        tried.append(up.backend)
+        self.counters["connect_retries"] += 1
+        self._forward(up.req, up.body, tried)
+
+    def request_done(self, keep_alive):
+        """Called by Upstream when the response was relayed completely."""
         self.upstream = None
         self.busy = False
-        if not keep_alive or self.closing:
-            if not self.closing:
-                self.transport.close()
+        if self.closing:
+            return
+        if not keep_alive:
+            self.closing = True
+            self.transport.close()
             return
         self._next()
 
-    def start_tunnel(self, upstream_transport, leftover_upstream):
-        """After a 101: bytes flow both ways untouched until either side closes."""
-        self.tunnel = upstream_transport
-        self._disarm()
-        pending = self.parser.trailing_data if hasattr(self.parser, "trailing_data") else b""
-        if pending:
-            upstream_transport.write(bytes(pending))
-        if leftover_upstream:
-            self.transport.write(leftover_upstream)
+    def upstream_failed(self, status, reason, head_sent):
+        self.upstream = None
+        self.busy = False
+        if head_sent:
+            self.counters["truncated"] += 1
+            self.abort()  # the client sees a truncated response, as from nginx
+        else:
+            self._send_error_and_close(status, reason)
 
     # -- errors and timers ---------------------------------------------------
     def _reject(self, status, reason):
-        self.proxy.counters["rejected"] += 1
-        self.queue.clear()
-        if not self.busy:
-            self._send_error_and_close(status, reason)
-        else:
+        self.counters["rejected"] += 1
+        self.current = None
+        self.body = None
+        if self.busy or self.queue:
+            # Answer what came before the bad request first, then the error.
             self.pending_error = (status, reason)
-            self.transport.pause_reading()
-
-    def _reply_error(self, status, reason, retry_after=None):
-        self.busy = False
-        self._send_error_and_close(status, reason, retry_after)
+            if not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+            if not self.busy:
+                self._next()
+        else:
+            self._send_error_and_close(status, reason)
 
     def _send_error_and_close(self, status, reason, retry_after=None):
         if self.closing:
             return
         self.closing = True
+        self.deadline = 0.0
         self.transport.write(http11.error_response(status, reason, retry_after=retry_after))
         self.transport.close()
 
-    def _arm(self, seconds, status):
-        self._disarm()
-        self.timer = asyncio.get_running_loop().call_later(seconds, self._timeout, status)
-
-    def _disarm(self):
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _timeout(self, status):
-        self.timer = None
-        if self.busy:
+    def deadline_passed(self):
+        kind = self.kind
+        self.deadline = 0.0
+        if self.busy or self.closing:
             return
-        if status is None or (self.current is None and not self.parser.in_message):
-            self.transport.close()  # idle keep-alive connection
-        else:
-            self._send_error_and_close(status, "request not received in time")
+        if kind == _IDLE or (kind == _HEADER and not self.parser.in_message):
+            # Nothing of a request arrived (an idle keep-alive or pre-opened connection):
+            # close quietly, as nginx does.
+            self.counters["idle_closed"] += 1
+            self.closing = True
+            self.transport.close()
+        elif kind == _HEADER or kind == _BODY:
+            self.counters["timeouts_408"] += 1
+            what = "request head" if kind == _HEADER else "request body"
+            self._send_error_and_close(408, f"{what} not received in time")
 
 
 class Upstream(asyncio.Protocol):
     """The connection to one replica for one request; streams its response back."""
 
-    def __init__(self, client, backend, req):
+    __slots__ = ("client", "backend", "req", "body", "tried", "loop", "settings", "parser",
+                 "transport", "task", "head_sent", "chunked", "keep_alive", "done", "tunnel",
+                 "started", "deadline", "kind", "status", "client_eof", "upstream_eof")
+
+    def __init__(self, client, backend, req, body, tried):
         self.client = client
         self.backend = backend
         self.req = req
-        self.parser = http11.ResponseParser(req.method)
+        self.body = body
+        self.tried = tried
+        self.loop = loop = client.loop
+        self.settings = client.settings
+        self.parser = None
         self.transport = None
         self.head_sent = False
         self.chunked = False
         self.keep_alive = False
-        self.finished = False
+        self.done = False
         self.tunnel = False
-        self.started = 0.0
-        self.timer = None
-        self.replica = backend.name.encode()
+        self.status = 0
+        self.client_eof = self.upstream_eof = False
+        self.started = now = loop.time()
+        self.deadline = now + self.settings.connect_timeout
+        self.kind = _CONNECT
+        self.task = loop.create_task(self._connect())
 
+    async def _connect(self):
+        try:
+            await self.loop.create_connection(self._self, self.backend.host, self.backend.port)
+        except asyncio.CancelledError:
+            if self.done or self.transport is not None:
+                return  # the client went away
+            self._connect_failed()
+        except OSError:
+            if self.done or self.transport is not None:
+                return
+            self._connect_failed()
+        finally:
+            self.task = None
+
+    def _self(self):
+        return self
+
+    def _connect_failed(self):
+        self.done = True
+        self.deadline = 0.0
+        self.client.connect_failed(self)
+
+    # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
-        self._arm()
-
-    def _arm(self):
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(
-            self.client.settings.read_timeout, self._timed_out)
-
-    def _timed_out(self):
-        self.timer = None
-        if not self.finished and not self.tunnel:
-            self._fail(504, f"{self.backend.name} did not answer within "
-                            f"{self.client.settings.read_timeout:g}s")
+        if self.done:  # the client went away while we connected
+            transport.abort()
+            return
+        req = self.req
+        body = self.body
+        self.body = None
+        self.parser = http11.ResponseParser(req.method)
+        self.kind = _READ
+        self.deadline = self.loop.time() + self.settings.read_timeout
+        head = http11.build_upstream_request(
+            req, self.client.client_ip, b"http", _VIA,
+            body_length=sum(map(len, body)) if req.chunked else None)
+        if body:
+            body.insert(0, head)
+            transport.writelines(body)
+        else:
+            transport.write(head)
 
     def data_received(self, data):
         if self.tunnel:
+            self.deadline = self.loop.time() + self.settings.read_timeout
             self.client.transport.write(data)
             return
-        self._arm()
+        if self.done:
+            return
+        if self.kind == _READ:
+            self.deadline = self.loop.time() + self.settings.read_timeout
         try:
             events = self.parser.feed(data)
         except ProtocolError as exc:
+            if exc.events:
+                self._relay(exc.events)
             self._fail(502, f"{self.backend.name} sent an invalid response: {exc.reason}")
             return
-        self._handle(events)
+        if events:
+            self._relay(events)
 
-    def _handle(self, events):
-        client = self.client
-        write = client.transport.write
+    def _relay(self, events):
+        out = []
+        chunked = self.chunked
         for ev in events:
-            if ev.__class__ is bytes:
-                write(http11.encode_chunk(ev) if self.chunked else ev)
+            cls = ev.__class__
+            if cls is bytes:
+                out.append(encode_chunk(ev) if chunked else ev)
             elif ev is END:
-                if self.chunked:
-                    write(http11.LAST_CHUNK)
-                self._finish(True, self.keep_alive)
+                if chunked:
+                    out.append(LAST_CHUNK)
+                self._write(out)
+                self._finish()
                 return
-            elif ev.__class__ is Response:
-                head, self.chunked, self.keep_alive = http11.build_client_response_head(
-                    ev, keep_alive=self.req.keep_alive, client_version=self.req.http_version,
-                    extra_headers=((b"X-Dashscale-Replica", self.replica),))
-                write(head)
+            elif cls is Response:
+                req = self.req
+                if ev.upgrade and not req.upgrade:
+                    self._write(out)
+                    self._fail(502, f"{self.backend.name} switched protocols unasked")
+                    return
+                head, chunked, self.keep_alive = http11.build_client_response_head(
+                    ev, keep_alive=req.keep_alive, client_version=req.http_version,
+                    extra_headers=((_REPLICA_HEADER, self.backend.label),))
+                self.chunked = chunked
+                self.status = ev.status
+                out.append(head)
                 self.head_sent = True
                 if ev.upgrade:
-                    self.tunnel = True
-                    if self.timer:
-                        self.timer.cancel()
-                    client.start_tunnel(self.transport, bytes(self.parser.trailing_data or b""))
+                    leftover = self.parser.trailing_data
+                    if leftover:
+                        out.append(leftover)
+                    self._write(out)
+                    self._start_tunnel()
                     return
+        if out:
+            self._write(out)
+
+    def _write(self, out):
+        client = self.client
+        if client.closing or not out:
+            return
+        if len(out) == 1:
+            client.transport.write(out[0])
+        else:
+            client.transport.write(b"".join(out))
 
     def eof_received(self):
-        return False
+        if self.tunnel:
+            return self.tunnel_eof_from_upstream()
+        return False  # close; connection_lost decides (a read-until-close body ends here)
 
     def connection_lost(self, exc):
-        if self.timer is not None:
-            self.timer.cancel()
         if self.tunnel:
-            self.client.transport.close()
-            self.client.pool.release(self.backend, True, time.monotonic() - self.started)
+            self._end_tunnel()
             return
-        if self.finished:
+        if self.done:
             return
         try:
             events = self.parser.feed_eof()
         except ProtocolError:
             events = None
         if events:
-            self._handle(events)
-        if not self.finished:
-            self._fail(502, f"{self.backend.name} closed the connection before a complete "
-                            "response (did the replica die?)")
+            self._relay(events)
+        if not self.done:
+            if self.head_sent:
+                why = f"{self.backend.name} closed the connection mid-response"
+            else:
+                why = (f"{self.backend.name} closed the connection before answering "
+                       "(did the replica die?)")
+            self._fail(502, why)
+
+    def pause_writing(self):
+        if self.tunnel and not self.client.closing:
+            self.client.transport.pause_reading()  # the replica reads slowly
+
+    def resume_writing(self):
+        if self.tunnel and not self.client.closing:
+            self.client.transport.resume_reading()
+
+    # -- outcomes --------------------------------------------------------------
+    def _finish(self):
+        self.done = True
+        self.deadline = 0.0
+        if self.transport is not None:
+            self.transport.close()
+        self.client.pool.release(self.backend, True, self.loop.time() - self.started, self.status)
+        self.parser = None
+        self.client.request_done(self.keep_alive)
 
     def _fail(self, status, reason):
-        client = self.client
-        if self.finished:
+        if self.done:
             return
-        self.finished = True
+        self.done = True
+        self.deadline = 0.0
         if self.transport is not None:
             self.transport.abort()
-        client.proxy.counters["bad_gateway"] += 1
-        client.pool.release(self.backend, False, time.monotonic() - self.started)
-        client.upstream = None
-        client.busy = False
-        if self.head_sent:
-            client.closing = True
-            client.transport.abort()  # the client sees a truncated response, as from nginx
-        else:
-            client._send_error_and_close(status, reason)
-
-    def _finish(self, ok, keep_alive):
-        self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-        self.transport.close()
-        pending = getattr(self.client, "pending_error", None)
-        if pending:
-            self.client.pool.release(self.backend, ok, time.monotonic() - self.started)
-            self.client.upstream = None
-            self.client.busy = False
-            self.client._send_error_and_close(*pending)
-            return
-        self.client.request_done(self, ok, keep_alive)
+        client = self.client
+        client.counters["gateway_timeout" if status == 504 else "bad_gateway"] += 1
+        client.pool.release(self.backend, False, self.loop.time() - self.started)
+        self.parser = None
+        client.upstream_failed(status, reason, self.head_sent)
 
     def client_gone(self):
-        if not self.finished:
-            self.finished = True
-            self.client.pool.release(self.backend, False, time.monotonic() - self.started)
+        """The client connection closed: free the replica slot at once."""
+        if self.tunnel:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.done:
+            return
+        self.done = True
+        self.deadline = 0.0
+        if self.task is not None and self.transport is None:
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+        self.client.pool.release(self.backend, None, self.loop.time() - self.started)
+
+    def client_paused(self):
+        """The client's socket buffer is full: stop reading the replica until it drains."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if not self.done:
+            self.kind = _SEND
+            self.deadline = self.loop.time() + self.settings.send_timeout
+
+    def client_resumed(self):
+        if self.transport is not None:
+            self.transport.resume_reading()
+        if not self.done:
+            self.kind = _TUNNEL if self.tunnel else _READ
+            self.deadline = self.loop.time() + self.settings.read_timeout
+
+    def deadline_passed(self):
+        kind = self.kind
+        self.deadline = 0.0
+        if kind == _CONNECT:
+            if self.task is not None and self.transport is None:
+                self.task.cancel()  # → _connect_failed (nothing was sent)
+        elif kind == _READ:
+            self._fail(504, f"{self.backend.name} did not answer within "
+                            f"{self.settings.read_timeout:g}s")
+            self.client.pool.unresponsive(self.backend)  # hung: out until it answers
+        elif kind == _SEND:
+            client = self.client
+            client.counters["client_too_slow"] += 1
+            self.client_gone()
+            client.upstream = None
+            client.abort()
+        elif kind == _TUNNEL:
+            self.client.abort()
             if self.transport is not None:
                 self.transport.abort()
 
-    def pause(self):
-        if self.transport is not None:
-            self.transport.pause_reading()
+    # -- WebSocket tunnel ------------------------------------------------------
+    def _start_tunnel(self):
+        """After a 101: bytes flow both ways untouched until either side closes."""
+        client = self.client
+        self.tunnel = True
+        self.kind = _TUNNEL
+        self.deadline = self.loop.time() + self.settings.read_timeout
+        client.tunnel = True
+        client.busy = True
+        client.deadline = 0.0
+        client.proxy.tunnels += 1
+        client.counters["upgrades"] += 1
+        self.client.pool.release(self.backend, True, self.loop.time() - self.started, 101)
+        pending = client.parser.trailing_data
+        if pending:
+            self.transport.write(pending)
+        if client.read_paused:
+            client.read_paused = False
+            client.transport.resume_reading()
 
-    def resume(self):
+    def tunnel_write(self, data):
+        self.deadline = self.loop.time() + self.settings.read_timeout
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def tunnel_eof_from_client(self):
+        self.client_eof = True
+        if self.upstream_eof:
+            self._end_tunnel()
+            return False
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+        return True
+
+    def tunnel_eof_from_upstream(self):
+        self.upstream_eof = True
+        client = self.client
+        if self.client_eof:
+            self._end_tunnel()
+            return False
+        if not client.closing and client.transport.can_write_eof():
+            client.transport.write_eof()
+        return True
+
+    def _end_tunnel(self):
+        if self.done:
+            return
+        self.done = True
+        self.deadline = 0.0
+        client = self.client
+        client.proxy.tunnels -= 1
         if self.transport is not None:
-            self.transport.resume_reading()
+            self.transport.close()
+        if not client.closing:
+            client.closing = True
+            client.transport.close()
+
+
+class HealthChecker:
+    """Active health checks: a TCP connect to every replica in rotation each interval."""
+
+    FALL_ON_TIMEOUT = 3
+    REPROBE_MIN, REPROBE_MAX = 0.1, 2.0
+
+    def __init__(self, pool, settings):
+        self.pool = pool
+        self.interval = settings.health_interval
+        self.timeout = min(settings.connect_timeout, max(self.interval, 0.5))
+        self.task = None
+        self.rounds = 0
+
+    def start(self):
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self):
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    async def _run(self):
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + self.interval
+        while True:
+            now = loop.time()
+            wake = next_check
+            standalone = self.pool.on_connect_failure is None
+            if standalone:
+                for b in self.pool.backends.values():
+                    if b.failed:
+                        wake = min(wake, b.retry_at)
+            await asyncio.sleep(max(0.0, wake - now))
+            now = loop.time()
+            if now >= next_check:
+                next_check = now + self.interval
+                await self.check_rotation()
+            if self.pool.on_connect_failure is None:
+                await self.reprobe_failed(loop.time())
+
+    async def check_rotation(self):
+        backends = list(self.pool.rotation)
+        results = await asyncio.gather(*(tcp_probe(b.host, b.port, self.timeout)
+                                         for b in backends))
+        self.rounds += 1
+        for b, result in zip(backends, results):
+            if not b.in_rotation:
+                continue
+            if result is True:
+                b.probe_timeouts = 0
+            elif result is False or b.probe_timeouts + 1 >= self.FALL_ON_TIMEOUT:
+                self.pool.connect_failed(b, acquired=False)
+                b.retry_delay = self.REPROBE_MIN
+                b.retry_at = asyncio.get_running_loop().time() + b.retry_delay
+            else:
+                b.probe_timeouts += 1
+
+    async def reprobe_failed(self, now):
+        due = [b for b in self.pool.backends.values() if b.failed and b.retry_at <= now]
+        if not due:
+            return
+        results = await asyncio.gather(*(tcp_probe(b.host, b.port, self.timeout) for b in due))
+        for b, ok in zip(due, results):
+            if not b.failed:
+                continue  # its owner decided meanwhile
+            if ok is True:
+                self.pool.add(b.name, b.host, b.port)
+            else:
+                b.retry_delay = min(max(b.retry_delay * 2, self.REPROBE_MIN), self.REPROBE_MAX)
+                b.retry_at = asyncio.get_running_loop().time() + b.retry_delay
+
+
+async def tcp_probe(host, port, timeout):
+    """True if a TCP connect succeeds, False if refused, None if it timed out."""
+    loop = asyncio.get_running_loop()
+    try:
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(asyncio.Protocol, host, port), timeout)
+    except asyncio.TimeoutError:
+        return None
+    except OSError:
+        return False
+    transport.close()
+    return True
+
+
+def _raise_nofile_limit(want):
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+# --------------------------------------------------------------------------- standalone
+
+def main(argv=None):
+    """``python -m dashscale_local.proxy --backend HOST:PORT ... [--port P]``: the proxy on
+    its own in front of fixed backends (benchmarks, debugging). Backends are named web.1…"""
+    from .balancer import Pool
+
+    ap = argparse.ArgumentParser(prog="python -m dashscale_local.proxy")
+    ap.add_argument("--backend", action="append", required=True, metavar="HOST:PORT")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8050)
+    ap.add_argument("--balance", choices=Pool.POLICIES, default="round-robin")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    ap.add_argument("--set", action="append", default=[], metavar="proxy_KEY=VALUE",
+                    help="a proxy setting, e.g. proxy_read_timeout=30")
+    args = ap.parse_args(argv)
+    settings = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in ProxySettings.DEFAULTS:
+            ap.error(f"unknown setting {key}")
+        settings[key] = value
+    pool = Pool(args.balance)
+    for i, spec in enumerate(args.backend, 1):
+        host, _, port = spec.rpartition(":")
+        pool.add(f"web.{i}", host or "127.0.0.1", int(port))
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((args.host, args.port))
+    listener.listen(1024)
+    listener.setblocking(False)
+    if args.loop == "uvloop":
+        try:
+            import uvloop
+            uvloop.install()
+        except ImportError:
+            print("uvloop not installed: using the default asyncio loop", file=sys.stderr)
+
+    async def run():
+        proxy = Proxy(pool, listener, settings)
+        await proxy.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"proxy on http://{args.host}:{args.port} → {len(args.backend)} backend(s), "
+              f"{args.balance}, pid {os.getpid()}", flush=True)
+        await stop.wait()
+        await proxy.close()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
