@@ -37,8 +37,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 
 class Backend:
-    __slots__ = ("name", "label", "host", "port", "inflight", "served", "errors", "aborted",
-                 "status_5xx", "connect_failures", "in_rotation", "draining", "failed",
+    __slots__ = ("name", "label", "host", "port", "inflight", "routed", "served", "errors",
+                 "aborted", "status_5xx", "connect_failures", "in_rotation", "draining", "failed",
                  "probe_timeouts", "retry_at", "retry_delay", "histogram", "latency_sum",
                  "_idle")
 
@@ -49,6 +49,7 @@ class Backend:
         self.port = port
         self.inflight = 0
         self.served = 0
+        self.routed = 0      # requests ever handed to this replica
         self.errors = 0
         self.aborted = 0
         self.status_5xx = 0
@@ -172,6 +173,7 @@ class Pool:
 
     def acquire(self, backend):
         backend.inflight += 1
+        backend.routed += 1
 
     def release(self, backend, ok, seconds, status=200):
         """End of a request on ``backend``: ok True (response relayed), False (a proxy-level

@@ -117,6 +117,12 @@ class Progress:
                                   f"{self.done}/{self.total} clicks{last}   ")
                 self.stream.flush()
 
+    def note(self, text):
+        if self.enabled:
+            with self.lock:
+                self.stream.write(f"\r\033[K{self.label}{text}")
+                self.stream.flush()
+
     def close(self):
         if self.enabled:
             self.stream.write("\r\033[K")
@@ -186,6 +192,8 @@ def run_bench(app, users=1, clicks=5, input=None, warmup=True, progress_label=""
             barrier.abort()
 
     threads = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(users)]
+    if warmup:
+        progress.note(f"warm-up click{'s' * (users > 1)} (not counted) …")
     try:
         for t in threads:
             t.start()

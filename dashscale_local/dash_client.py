@@ -274,13 +274,27 @@ class DashApp:
         """GET the page (for the renderer config), /_dash-layout and /_dash-dependencies."""
         client = _Fetcher(url, timeout, headers)
         config = {}
-        try:
-            status, _h, body = client.get(urllib.parse.urlsplit(url).path or "/")
-            match = _CONFIG_RE.search(body) if status == 200 else None
-            if match:
+        parts = urllib.parse.urlsplit(url)
+        path = parts.path or "/"
+        for _ in range(5):  # follow same-host redirects (/ → /app-name/, say)
+            status, resp_headers, body = client.get(path)
+            location = resp_headers.get("Location")
+            if status not in (301, 302, 303, 307, 308) or not location:
+                break
+            target = urllib.parse.urlsplit(urllib.parse.urljoin(f"{parts.scheme}://"
+                                                                f"{parts.netloc}{path}",
+                                                                location))
+            if target.netloc != parts.netloc:
+                break
+            path = target.path or "/"
+        if path != (parts.path or "/"):
+            url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+        match = _CONFIG_RE.search(body) if status == 200 else None
+        if match:
+            try:
                 config = json.loads(match.group(1))
-        except ValueError:
-            config = {}
+            except ValueError:
+                config = {}
         base = cls(url, {}, [], config).prefix
         layout = client.get_json(base + "_dash-layout")
         deps = client.get_json(base + "_dash-dependencies")

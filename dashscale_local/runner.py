@@ -56,6 +56,8 @@ class Replica:
         self.hold_down = None      # task keeping an OOM-killed replica down
         self.cpus = None          # CPU set when --spread pins it
         self.restarting = False   # a restart we asked for (not a crash)
+        self.routed_at_spawn = 0  # requests the proxy had routed to it before this process
+        self.killed_idle = False
 
     def as_json(self):
         return {"name": self.name, "type": self.type, "state": self.state, "pid": self.pid,
@@ -94,6 +96,7 @@ class Runner:
         self.app_name = settings.get("app_name") or ""
         self.spread = str(settings.get("spread", "false")).lower() in ("1", "true", "yes", "on")
         self.watcher = None
+        self.startup_error = None  # raised once stopped (e.g. every replica OOMKilled idle)
         self.services = None       # managed Redis/Postgres (services.py), may be empty
         self.memory_history = None  # dashboard.MemoryHistory, sampled every second
         self.sup_died = False
@@ -218,6 +221,8 @@ class Runner:
             ok = await self._await_startup()
             if ok:
                 await self.stopping.wait()
+                if self.startup_error is not None:
+                    raise self.startup_error
             for t in tasks:
                 t.cancel()
             return 0 if ok and not self.sup_died else 1
@@ -417,6 +422,8 @@ class Runner:
                     self._event("crash", f"{r.name} (pid {r.pid}) exited: {reason}")
                 self._event("restart", f"{r.name} restarted (pid {pid})")
             r.pid, r.ready, r.oomkilled, r.restarting = pid, False, False, False
+            backend = self.pool.backends.get(r.name)
+            r.routed_at_spawn = backend.routed if backend else 0
             r.spawned_at = r.spawned_at or time.monotonic()
             self.pool.remove(r.name)
             if r.type == "web":
@@ -552,6 +559,9 @@ class Runner:
         if r is None:
             return
         was_ready = r.ready
+        backend = self.pool.backends.get(name)
+        # Killed before it served a single request: its idle memory is over the limit.
+        r.killed_idle = backend is None or backend.routed == r.routed_at_spawn
         r.oomkilled = True
         r.ready = False
         r.oom_kills += 1
@@ -578,6 +588,16 @@ class Runner:
         self._event("oomkill", f"{name} OOMKilled: {metric} {format_size(used)} reached its "
                                f"limit {format_size(limit)}")
         r.hold_down = asyncio.ensure_future(self._hold_down(r))
+        web = [x for x in self.replicas.values() if x.type == "web"]
+        if web and all(x.oomkilled and x.killed_idle for x in web):
+            # Nothing can ever serve: say so and stop, rather than run an empty proxy.
+            self.out.system("no web replica could start; stopping")
+            self.startup_error = UsageError(
+                f"every web replica was OOMKilled while starting: the limit "
+                f"{format_size(web[0].memory_limit)} is too small for this app",
+                self.project.limit_source)
+            self.stopping.set()
+            return
         if policy == "restart":
             self._schedule_crashloop_restart(r)
 

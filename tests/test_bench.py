@@ -264,6 +264,29 @@ def test_session_click_follows_chains(serve):
     assert first.seconds < 5
 
 
+def test_fetch_under_a_path_prefix_after_a_redirect(serve):
+    dash_app = Dash("prefixed", url_base_pathname="/myapp/")
+    dash_app.layout = html.Div([html.Button(id="go", n_clicks=0), html.Div(id="out")])
+
+    @dash_app.callback(Output("out", "children"), Input("go", "n_clicks"))
+    def echo(n):
+        return n
+
+    def wsgi(environ, start_response):  # / redirects to the app, as with --app-name
+        if environ["PATH_INFO"] == "/":
+            start_response("302 Found", [("Location", "/myapp/")])
+            return [b""]
+        return dash_app.server(environ, start_response)
+
+    server = serve(wsgi)
+    app = DashApp.fetch(server.url)
+    assert app.prefix == "/myapp/" and app.url.endswith("/myapp/")
+    with Session(app) as session:
+        click = session.click()
+    assert [c.status for c in click.calls] == [200]
+    assert session.values["out.children"] == 1
+
+
 def test_cli_bench_json_and_errors(serve, tmp_path):
     def broken():
         app = Dash("broken")

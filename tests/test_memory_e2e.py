@@ -34,11 +34,18 @@ def direct_get(port, path, timeout=10):
 
 
 def hog(run, name, mib=30, max_steps=20):
-    """Make ``name``'s worker allocate ``mib`` more per request until the replica dies."""
+    """Make ``name``'s worker allocate ``mib`` more per request until the replica dies.
+    A lone web replica is fed through the proxy, as users reach it (a replica killed
+    before the proxy ever routed to it counts as "too small to start")."""
     port = run.replica(name)["port"]
+    web = [r for r in run.status()["replicas"] if r["type"] == "web"]
+    via_proxy = len(web) == 1 and web[0]["name"] == name
     for _ in range(max_steps):
         try:
-            direct_get(port, f"/alloc?mib={mib}")
+            if via_proxy:
+                run.get(f"/alloc?mib={mib}", timeout=10)
+            else:
+                direct_get(port, f"/alloc?mib={mib}")
         except (OSError, urllib.error.URLError):
             return  # killed (mid-request or refused)
         if run.replica(name)["state"] == "OOMKILLED":
