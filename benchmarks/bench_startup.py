@@ -22,10 +22,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCFILE = "web: gunicorn sample_app.app:server --workers 1\n"
 
 
+# Both runners are polled the same way: a cheap path (any HTTP answer counts as
+# "answering"; a 404 costs the app ~1 ms, the Dash index ~15 ms of CPU that would be
+# taken from replicas still booting), every POLL_S.
+PROBE_PATH = "/_startup_probe"
+POLL_S = 0.02
+
+
 def get(port, timeout=5.0):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", "/")
+        conn.request("GET", PROBE_PATH)
         resp = conn.getresponse()
         resp.read()
         return resp.status, resp.getheader("X-Dashscale-Replica")
@@ -41,7 +48,7 @@ def wait_until(check, timeout=60.0):
                 return True
         except (OSError, http.client.HTTPException):
             pass
-        time.sleep(0.01)
+        time.sleep(POLL_S)
     raise TimeoutError
 
 
@@ -82,7 +89,7 @@ def time_dashscale(n):
 
     def all_answer():
         status, replica = get(port)
-        if status == 200 and replica:
+        if replica:
             seen.add(replica)
         return len(seen) == n
     try:
@@ -107,7 +114,7 @@ def time_honcho(n):
     def all_answer():
         for p in list(pending):
             try:
-                if get(p, timeout=10)[0] == 200:
+                if get(p, timeout=10)[0]:
                     pending.discard(p)
             except (OSError, http.client.HTTPException):
                 pass

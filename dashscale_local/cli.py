@@ -9,7 +9,7 @@ import time
 
 import click
 
-from . import control, rundir
+from . import rundir
 from .errors import RuntimeFailure, UsageError
 from .output import LogTail, Printer, last_lines
 from .sizes import format_size
@@ -39,10 +39,30 @@ def _run_dir(procfile):
 
 
 def _control(procfile, method, route, body=None, timeout=300.0):
+    from . import control
     return control.call(rundir.control_socket(_run_dir(procfile)), method, route, body, timeout)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Commands that live in their own modules are imported only when used, so
+    `dashscale start` does not pay for export/check/bench/top before it starts
+    supervisord (start-up time is a benchmark)."""
+
+    lazy = {"bench": "bench:bench", "export": "export:export", "check": "doctor:check",
+            "top": "top:top"}
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy and name not in self.commands:
+            import importlib
+            module, attr = self.lazy[name].split(":")
+            self.add_command(getattr(importlib.import_module(f".{module}", __package__), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dashscale-local")
 def main():
     """Run a Dash app's Procfile as replicas behind one URL, as Dash Enterprise does."""
@@ -255,23 +275,6 @@ def logs(procfile, follow, lines, replica):
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
-
-
-from .bench import bench  # noqa: E402
-
-main.add_command(bench)
-
-from .export import export  # noqa: E402
-
-main.add_command(export)
-
-from .doctor import check  # noqa: E402
-
-main.add_command(check)
-
-from .top import top  # noqa: E402
-
-main.add_command(top)
 
 
 if __name__ == "__main__":
