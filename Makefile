@@ -33,8 +33,11 @@ test: $(BIN)/.installed system-deps
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
+# Every benchmark, one after another (about 20 minutes; the soak alone is 10).
+BENCHMARKS := bench_startup.py bench_demo.py bench_proxy.py bench_memory_guard.py \
+	bench_reload.py bench_background.py bench_http11.py soak.py
 bench: $(BIN)/.installed system-deps
-	$(BIN)/python -m benchmarks
+	set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(BIN)/python benchmarks/$$b; done
 
 clean:
 	rm -rf $(VENV) .dashscale
