@@ -202,12 +202,7 @@ class Pool:
                 backend._idle.set_result(True)
         backend.errors += 1
         backend.connect_failures += 1
-        if backend.in_rotation:
-            backend.in_rotation = False
-            backend.failed = True
-            self._rebuild()
-            if self.on_connect_failure is not None:
-                self.on_connect_failure(backend.name)
+        self._take_out(backend)
 
     def unresponsive(self, backend):
         """Passive health: the replica took a request but sent nothing for
@@ -215,6 +210,10 @@ class Pool:
         succeed (the kernel queues them), so only this takes it out of rotation — as
         nginx's ``max_fails=1`` counts a timeout. The owner re-probes it over HTTP: a
         replica that was merely slow is back as soon as it answers."""
+        self._take_out(backend)
+
+    def _take_out(self, backend):
+        """Out of rotation as failed; the owner (runner) re-probes it."""
         if backend.in_rotation:
             backend.in_rotation = False
             backend.failed = True

@@ -44,6 +44,7 @@ import time
 
 import psutil
 
+from . import rundir
 from .errors import RuntimeFailure, UsageError
 from .output import last_lines
 
@@ -69,13 +70,7 @@ def _read(path):
 
 
 def _port_free(port):
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-            return True
-        except OSError:
-            return False
+    return not rundir.port_in_use(port, HOST)
 
 
 def choose_port(previous, avoid):

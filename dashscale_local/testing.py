@@ -23,13 +23,7 @@ MARKER = "DASHSCALE_RUN_ID"
 
 
 def port_free(port, host="127.0.0.1"):
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
+    return not rundir.port_in_use(port, host)
 
 
 def free_port():
