@@ -326,8 +326,7 @@ class Runner:
         return {k: v for k, v in env.items() if base.get(k) != v and k.isidentifier()}
 
     def _add_and_start(self, names):
-        for name in names:
-            self.sup.add(name)
+        self.sup.add(names)
         for name in names:
             self.replicas[name].spawned_at = time.monotonic()
             self.sup.start_replica(name)

@@ -261,14 +261,16 @@ class Supervisord:
                     raise
 
     # -- replicas ------------------------------------------------------------
-    def add(self, name):
-        """Make supervisord read the new program file and create its group."""
+    def add(self, names):
+        """Make supervisord read the new program files (one config re-read for all of
+        them) and create a group for each."""
         self.call("reloadConfig")
-        try:
-            self.call("addProcessGroup", name)
-        except xmlrpc.client.Fault as fault:
-            if fault.faultCode != ALREADY_ADDED:
-                raise
+        for name in names:
+            try:
+                self.call("addProcessGroup", name)
+            except xmlrpc.client.Fault as fault:
+                if fault.faultCode != ALREADY_ADDED:
+                    raise
 
     def start_replica(self, name):
         try:
