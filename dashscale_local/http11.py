@@ -186,10 +186,9 @@ _SPECIAL = frozenset(
     [b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect"]
 )
 
-# Never forwarded upstream from the client's header list (we regenerate what we need).
-_REQ_DROP = frozenset(
+# Hop-by-hop fields (RFC 9110 §7.6.1) and framing: never passed on, in either direction.
+_HOP_BY_HOP = frozenset(
     [
-        # hop-by-hop (RFC 9110 §7.6.1) and framing
         b"connection",
         b"keep-alive",
         b"proxy-connection",
@@ -198,14 +197,17 @@ _REQ_DROP = frozenset(
         b"transfer-encoding",
         b"upgrade",
         b"content-length",
-        b"expect",
-        # rewritten by us
-        b"host",
-        b"via",
-        b"forwarded",
-        b"x-real-ip",
     ]
 )
+# Never forwarded upstream from the client's header list (we regenerate what we need).
+_REQ_DROP = _HOP_BY_HOP | {
+    b"expect",
+    # rewritten by us
+    b"host",
+    b"via",
+    b"forwarded",
+    b"x-real-ip",
+}
 _X_DROP = (b"x-forwarded-", b"x-dashscale-")
 
 
@@ -218,18 +220,7 @@ def _spoofs_dropped(name, drop):
 # Never removed because a client named them in Connection (regenerated anyway).
 _CONN_PROTECTED = frozenset([b"host", b"content-length"])
 
-_RESP_DROP = frozenset(
-    [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    ]
-)
+_RESP_DROP = _HOP_BY_HOP
 
 _NO_TOKENS = frozenset()
 _CLOSE_TOKENS = frozenset([b"close"])
