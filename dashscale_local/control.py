@@ -13,6 +13,7 @@ import socket
 import struct
 
 from .errors import RuntimeFailure, UsageError
+from .http11 import END, ProtocolError, Request, RequestParser
 
 MAX_BODY = 1 << 20
 
@@ -48,21 +49,18 @@ class ControlServer:
             if not _peer_is_us(writer.get_extra_info("socket")):
                 await _respond(writer, 403, {"error": "control socket: permission denied"})
                 return
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            lines = head.decode("latin-1").split("\r\n")
-            method, path, _ = lines[0].split(" ", 2)
-            length = 0
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value.strip())
-            if length > MAX_BODY:
-                await _respond(writer, 413, {"error": "request too large"})
+            try:
+                req, body = await asyncio.wait_for(_read_request(reader), 5)
+            except ProtocolError as exc:
+                await _respond(writer, exc.status, {"error": exc.reason})
                 return
-            body = json.loads(await reader.readexactly(length)) if length else {}
+            if req is None:
+                return
+            method, path = req.method.decode(), req.target.decode()
+            body = json.loads(body) if body else {}
             status, payload = await self._route(method, path, body)
             await _respond(writer, status, payload)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, ConnectionError):
+        except (asyncio.TimeoutError, ValueError, ConnectionError):
             pass
         finally:
             writer.close()
@@ -86,6 +84,24 @@ class ControlServer:
             return 400, {"error": str(exc)}
         except Exception as exc:  # report, never kill the runner
             return 500, {"error": f"{type(exc).__name__}: {exc}"}
+
+
+async def _read_request(reader):
+    """One request, framed by the proxy's strict parser: (Request, body) or (None, b"")
+    when the client closed first. Raises ProtocolError for a bad or oversize request."""
+    parser = RequestParser(max_body=MAX_BODY)
+    req, body = None, []
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            return None, b""
+        for event in parser.feed(data):
+            if event is END:
+                return req, b"".join(body)
+            if isinstance(event, Request):
+                req = event
+            else:
+                body.append(event)
 
 
 def _peer_is_us(sock):
