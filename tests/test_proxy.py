@@ -1,6 +1,7 @@
 """The live proxy (Pool + Proxy on a real event loop) in front of raw recording backends,
 driven over raw sockets: framing safety, keep-alive, pipelining, bodies, timeouts,
 failures, draining, WebSocket tunnels, header hygiene, limits and counters."""
+import contextlib
 import json
 import socket
 import threading
@@ -391,20 +392,31 @@ def test_upstream_read_timeout_is_504(env_factory):
     assert env.stats()["gateway_timeout"] == 1
 
 
-def test_upstream_connect_timeout_retries_elsewhere(env_factory):
-    env = env_factory(n=2, settings={"proxy_connect_timeout": 0.3})
-    # web.1 points at a listener whose backlog is full: connects hang (SYNs dropped).
+@contextlib.contextmanager
+def full_backlog_port():
+    """A loopback port whose listen backlog is full: new connects hang (SYNs dropped)."""
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen(0)
     port = blocker.getsockname()[1]
     fillers = []
-    for _ in range(8):
-        f = socket.socket()
-        f.setblocking(False)
-        f.connect_ex(("127.0.0.1", port))
-        fillers.append(f)
     try:
+        for _ in range(8):
+            f = socket.socket()
+            fillers.append(f)
+            f.setblocking(False)
+            f.connect_ex(("127.0.0.1", port))
+        yield port
+    finally:
+        for f in fillers:
+            f.close()
+        blocker.close()
+
+
+def test_upstream_connect_timeout_retries_elsewhere(env_factory):
+    env = env_factory(n=2, settings={"proxy_connect_timeout": 0.3})
+    # web.1 points at a listener whose backlog is full: connects hang (SYNs dropped).
+    with full_backlog_port() as port:
         env.lt.call(env.pool.add, "web.1", "127.0.0.1", port)
         probe = socket.socket()
         probe.settimeout(0.3)
@@ -419,10 +431,6 @@ def test_upstream_connect_timeout_retries_elsewhere(env_factory):
         assert r.status == 200 and r.header(b"x-dashscale-replica") == b"web.2"
         st = env.pool_stats()
         assert st["web.1"]["connect_failures"] == 1 and not st["web.1"]["in_rotation"]
-    finally:
-        for f in fillers:
-            f.close()
-        blocker.close()
 
 
 # --------------------------------------------------------------------------- failures
@@ -628,27 +636,13 @@ def test_client_disconnect_mid_request_frees_the_slot(env):
 
 def test_client_disconnect_while_connecting_frees_the_slot(env_factory):
     env = env_factory(n=1, settings={"proxy_connect_timeout": 5})
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen(0)
-    port = blocker.getsockname()[1]
-    fillers = []
-    for _ in range(8):
-        f = socket.socket()
-        f.setblocking(False)
-        f.connect_ex(("127.0.0.1", port))
-        fillers.append(f)
-    try:
+    with full_backlog_port() as port:
         env.lt.call(env.pool.add, "web.1", "127.0.0.1", port)
         s = env.connect()
         s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         env.wait(lambda: env.pool.backends["web.1"].inflight == 1, message="connecting")
         s.close()
         env.wait(lambda: env.pool.backends["web.1"].inflight == 0, timeout=1, message="slot freed")
-    finally:
-        for f in fillers:
-            f.close()
-        blocker.close()
 
 
 def test_slow_reader_is_cut_after_send_timeout(env_factory):
