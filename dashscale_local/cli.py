@@ -239,7 +239,9 @@ def stop(procfile, timeout):
 
 
 @main.command()
-@procfile_option
+# Here -f means follow (as tail and the contract's `logs [-f]`): the Procfile is --procfile.
+@click.option("--procfile", default="Procfile", show_default=True,
+              help="The Procfile; the run directory .dashscale/ is next to it.")
 @click.option("--follow", "-f", "follow", is_flag=True, help="Keep printing new lines.")
 @click.option("-n", "--lines", default=50, show_default=True)
 @click.argument("replica", required=False)
@@ -249,8 +251,7 @@ def logs(procfile, follow, lines, replica):
     log_dir = os.path.join(_run_dir(procfile), "logs")
     if not os.path.isdir(log_dir):
         raise UsageError("no logs here (nothing has run)", file=log_dir)
-    names = sorted(f[:-4] for f in os.listdir(log_dir)
-                   if f.endswith(".log") and f != "supervisord.log")
+    names = _log_names(log_dir)
     if replica:
         if replica not in names:
             raise UsageError(f"no log for '{replica}' (have: {', '.join(names)})", file=log_dir)
@@ -268,13 +269,18 @@ def logs(procfile, follow, lines, replica):
                 for line in tail.read_lines():
                     printer.line(name, line)
             if not replica:  # new replicas appear after a scale
-                for f in os.listdir(log_dir):
-                    n = f[:-4]
-                    if f.endswith(".log") and n not in tails and f != "supervisord.log":
-                        tails[n] = LogTail(os.path.join(log_dir, f), from_start=True)
+                for n in _log_names(log_dir):
+                    if n not in tails:
+                        tails[n] = LogTail(os.path.join(log_dir, f"{n}.log"), from_start=True)
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
+
+
+def _log_names(log_dir):
+    """Replicas (and services) with a log file, supervisord's own log aside."""
+    return sorted(f[:-4] for f in os.listdir(log_dir)
+                  if f.endswith(".log") and f != "supervisord.log")
 
 
 if __name__ == "__main__":

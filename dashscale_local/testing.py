@@ -130,7 +130,7 @@ class Run:
             return f.read().decode("utf-8", "replace")
 
     def cli(self, *args, timeout=120, check=False):
-        return subprocess.run(self.command(*args[:1], "-f", self.procfile, *args[1:]),
+        return subprocess.run(self.command(*args[:1], "--procfile", self.procfile, *args[1:]),
                               cwd=self.directory, env=self.env(), capture_output=True,
                               text=True, timeout=timeout, check=check)
 

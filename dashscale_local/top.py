@@ -16,6 +16,7 @@ import tty
 import click
 
 from . import control, rundir
+from .cli import procfile_option
 from .errors import RuntimeFailure, UsageError
 from .sizes import format_size
 
@@ -267,8 +268,7 @@ def live(socket_path, status, interval=1.0):
 
 
 @click.command()
-@click.option("-f", "--procfile", default="Procfile", show_default=True,
-              help="The Procfile; the run directory .dashscale/ is next to it.")
+@procfile_option
 @click.option("--once", is_flag=True, help="Print one frame and exit (also when not on a terminal).")
 @click.option("--interval", "-n", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="Seconds between refreshes.")
