@@ -72,6 +72,8 @@ class LogTail:
 
 
 def last_lines(path, count=10):
+    if count <= 0:
+        return []  # (lines[-0:] would be all of them)
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
