@@ -225,10 +225,11 @@ class Chaos:
         return f"{name} OOMKilled (kill #{rep['oom_kills']}), restarted"
 
     def scale(self):
-        self.web = 3 if self.web == 2 else 2
-        result = self.run.cli("scale", f"web={self.web}", timeout=180)
+        want = 3 if self.web == 2 else 2
+        result = self.run.cli("scale", f"web={want}", timeout=180)
         if result.returncode != 0:
-            raise RuntimeError(result.stderr.strip())
+            raise RuntimeError(result.stderr.strip())  # the formation stays as it was
+        self.web = want
         return result.stdout.strip()
 
     def edit(self):

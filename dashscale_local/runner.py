@@ -764,15 +764,18 @@ class Runner:
         from .formation import ReplicaSpec
         used = {r.index for r in self.replicas.values() if r.type == type_}
         position = self._position(type_)
-        new = []
+        specs = []
         index = 1
-        while len(new) < n:
+        while len(specs) < n:
             if index not in used:
                 port = replica_port(position, index, self.base_port)
-                if rundir.port_in_use(port):
-                    raise RuntimeFailure(f"port {port} for {type_}.{index} is in use")
-                new.append(self._new_replica(ReplicaSpec(f"{type_}.{index}", type_, index, port)))
+                specs.append(ReplicaSpec(f"{type_}.{index}", type_, index, port))
             index += 1
+        # Check every port before registering any replica: a failed scale leaves nothing behind.
+        for spec in specs:
+            if rundir.port_in_use(spec.port):
+                raise RuntimeFailure(f"port {spec.port} for {spec.name} is in use")
+        new = [self._new_replica(spec) for spec in specs]
         await asyncio.to_thread(self._add_and_start, [r.name for r in new])
         return new
 

@@ -26,16 +26,38 @@ def port_free(port, host="127.0.0.1"):
     return not rundir.port_in_use(port, host)
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = map(int, f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _listening_ports():
+    """Ports outside the ephemeral range: an outgoing connection (a test client, the
+    proxy) can never take one of them between our check and a replica's bind."""
+    low, high = _ephemeral_range()
+    if low > 12000:
+        return 10000, low
+    return high + 1, 65000
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    start, stop = _listening_ports()
+    for _ in range(200):
+        port = random.randrange(start, stop)
+        if port_free(port):
+            return port
+    raise RuntimeError("no free port found")
 
 
 def free_port_block(types=1, per_type=10, tries=200):
     """A base port whose replica ports (100 per type, +1 per replica) are all free."""
+    start, stop = _listening_ports()
     for _ in range(tries):
-        base = random.randrange(20000, 60000 - 100 * types)
+        base = random.randrange(start, stop - 100 * types)
         ports = [base + 100 * t + i for t in range(types) for i in range(per_type)]
         if all(port_free(p) for p in ports):
             return base

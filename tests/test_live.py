@@ -2,6 +2,7 @@
 rolling restarts — with real replicas and a client loop counting failed requests."""
 import json
 import os
+import socket
 import threading
 import time
 import urllib.request
@@ -75,6 +76,25 @@ def test_scale_errors_exit_2(dashscale):
         assert result.returncode == 2, (args, result.stderr)
         assert text in result.stderr and result.stderr.count("\n") == 1
     assert list(pids(run)) == ["web.1"]
+
+
+def test_scale_onto_a_taken_port_fails_cleanly_and_the_next_scale_works(dashscale):
+    run = dashscale(formation="web=1")
+    before = pids(run)
+    taken = run.base_port + 2  # web.3's port (web.1 has the base)
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", taken))
+        blocker.listen()
+        result = run.cli("scale", "web=3")
+        assert result.returncode == 1, result.stderr
+        assert f"port {taken} for web.3 is in use" in result.stderr
+        # web.2's port was free, but nothing of the failed scale stays behind
+        assert pids(run) == before
+        assert run.status()["formation"] == {"web": 1}
+    result = run.cli("scale", "web=3")
+    assert result.returncode == 0, result.stderr
+    assert set(pids(run)) == {"web.1", "web.2", "web.3"}
+    assert all(r["ready"] for r in run.status()["replicas"])
 
 
 def test_scale_down_drains_in_flight_request(dashscale):
