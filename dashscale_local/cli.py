@@ -95,8 +95,8 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
           memory_metric, balance, pod_limit, app_name, spread, services):
     """Start the formation in the foreground (Ctrl-C stops everything)."""
     from .config import load_settings
+    from .launch import launch
     from .project import Project
-    from .runner import Runner
 
     procfile = os.path.abspath(procfile)
     project_dir = os.path.dirname(procfile)
@@ -125,7 +125,10 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
     if killed:
         printer.system(f"cleaned up a previous run that did not stop: killed pids "
                        f"{', '.join(map(str, killed))}")
-    sys.exit(Runner(project, settings, counts, printer).run())
+    launched = launch(project, settings, counts, printer)
+    # The event-loop half (asyncio, the proxy, psutil…) is imported while supervisord starts.
+    from .runner import Runner
+    sys.exit(Runner(project, settings, counts, printer).run(launched))
 
 
 @main.command()

@@ -2,7 +2,7 @@
 then command-line options. Values stay strings here; each consumer parses its own."""
 import configparser
 import os
-from importlib import resources
+from importlib.util import find_spec
 
 from .errors import UsageError
 
@@ -11,8 +11,11 @@ PROJECT_FILE = "dashscale.ini"
 
 
 def packaged_text(name):
-    """Text of a file shipped in conf/ (defaults and templates)."""
-    return resources.files("dashscale_local.conf").joinpath(name).read_text()
+    """Text of a file shipped in conf/ (defaults and templates). A plain file read:
+    importlib.resources costs ~5 ms of imports on the start-up path."""
+    directory = find_spec("dashscale_local.conf").submodule_search_locations[0]
+    with open(os.path.join(directory, name), encoding="utf-8") as f:
+        return f.read()
 
 
 def load_settings(project_dir, overrides=None):

@@ -11,8 +11,8 @@ import signal
 import socket
 import time
 
-import psutil
-
+# psutil (~10 ms to import) is imported where a process is looked at: `start` passes
+# through here before it spawns supervisord, and start-up time is a benchmark.
 from .errors import RuntimeFailure, UsageError
 
 RUN_DIR_NAME = ".dashscale"
@@ -45,6 +45,7 @@ def control_socket(run_dir):
 
 def identity(pid):
     """(pid, create_time) — a pid alone may have been reused by an unrelated process."""
+    import psutil
     try:
         return [pid, psutil.Process(pid).create_time()]
     except psutil.Error:
@@ -54,6 +55,8 @@ def identity(pid):
 def same_process(ident):
     if not ident:
         return None
+    import psutil
+
     pid, created = ident
     try:
         proc = psutil.Process(pid)
@@ -93,6 +96,8 @@ def cleanup_stale(run_dir, timeout=10.0):
     state = read_state(run_dir)
     if not state:
         return None
+    import psutil
+
     procs = []
     killed = []
     sup = same_process(state.get("supervisord"))
@@ -163,6 +168,7 @@ def port_in_use(port, host="127.0.0.1"):
 
 
 def wait_gone(proc, timeout):
+    import psutil
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:

@@ -6,10 +6,8 @@ the formation runs on the loop, serialised by one lock, so concurrent `scale` ca
 cannot interleave.
 """
 import asyncio
-import errno
 import os
 import signal
-import sys
 import time
 
 import psutil
@@ -18,12 +16,12 @@ from . import rundir
 from .balancer import Pool
 from .config import number
 from .errors import RuntimeFailure, UsageError
-from .formation import plan_replicas, replica_port, resolve_formation, format_formation
+from .formation import replica_port, resolve_formation, format_formation
+from .launch import give_up, write_replica_program
 from .output import LogTail, Printer, last_lines
 from .sizes import format_size
 
 UP_STATES = ("STARTING", "RUNNING")
-_DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO)
 GUNICORN_EXIT = {3: "worker failed to boot", 4: "app failed to load"}
 SUPERVISOR_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED",
                      "FATAL", "UNKNOWN")
@@ -98,24 +96,26 @@ class Runner:
         self.watcher = None
         self.startup_error = None  # raised once stopped (e.g. every replica OOMKilled idle)
         self.services = None       # managed Redis/Postgres (services.py), may be empty
+        self.autostart = False     # supervisord started the first replicas by itself
         self.memory_history = None  # dashboard.MemoryHistory, sampled every second
         self.sup_died = False
 
     # -- lifecycle -----------------------------------------------------------
-    def run(self):
-        """Start supervisord first (it boots while we import the rest), then run the loop."""
+    def run(self, launched):
+        """Take over what launch.launch() spawned, then run the loop until stopped."""
+        self.sup, self.listener, self.services = launched.sup, launched.listener, launched.services
+        self.autostart = launched.autostart
+        for spec in launched.specs:
+            self._add_replica_object(spec)
+        for svc in self.services or ():  # a service's log outlives runs: show only this run's lines
+            path = self.sup.log_path(svc.name)
+            self._tails[svc.name] = LogTail(path, from_start=not os.path.exists(path))
+            self._tails[svc.name].read_lines()
+        self.t_start = time.monotonic()
         try:
-            self.prepare()
+            self._save_state(strict=True)  # without state.json a kill -9 would orphan replicas
         except OSError as exc:
-            # The run directory's disk filled up (or went read-only) after rundir.prepare's
-            # probe: one clear line, exit 2, and nothing left running.
-            if self.sup and self.sup.process:
-                self.sup.process.kill()
-                self.sup.process.wait()
-            if exc.errno not in _DISK_ERRORS:
-                raise
-            raise UsageError(f"cannot write to the run directory: {exc.strerror}",
-                             file=exc.filename or self.run_dir) from None
+            give_up(self.sup, exc, self.run_dir)
         try:
             import uvloop
             uvloop.install()
@@ -128,60 +128,12 @@ class Runner:
             self._kill_all_now()
             return 1
 
-    def prepare(self):
-        """Everything that can fail on bad input, then spawn supervisord with every
-        replica's program already in its config (no reloadConfig round trips)."""
-        from .memory import check_settings
-        from .supervisor import Supervisord
-
-        check_settings(self.settings, os.path.join(self.project.directory, "dashscale.ini"))
-        specs = plan_replicas(self.project.type_names, self.counts, self.base_port)
-        for spec in specs:
-            if rundir.port_in_use(spec.port):
-                raise UsageError(f"port {spec.port} for {spec.name} is already in use "
-                                 "(another app? choose --base-port)")
-        self.listener = rundir.bind_listener(self.host, self.port)
-        if self.host not in ("127.0.0.1", "::1", "localhost"):
-            self.out.system(f"WARNING: the proxy listens on {self.host}: the app and its "
-                            "dashboard (/_dashscale/, which can scale and restart replicas) "
-                            "are reachable from other machines. Use --host 127.0.0.1 to keep "
-                            "them private.")
-        self.sup = Supervisord(self.run_dir, {
-            "startsecs": int(number(self.settings, "startsecs")),
-            "startretries": int(number(self.settings, "startretries")),
-            "stopwaitsecs": int(number(self.settings, "stop_timeout"))})
-        self.sup.write_config()
-        for name in os.listdir(self.sup.programs_dir):
-            os.unlink(os.path.join(self.sup.programs_dir, name))  # leftovers of a dead run
-        self._prepare_services()
-        for spec in specs:
-            self._new_replica(spec)
-        self.sup.start()
-        self.t_start = time.monotonic()
-        self._save_state(strict=True)  # without state.json a kill -9 would orphan replicas
-
-    def _prepare_services(self):
-        """Managed services: binaries, data (initdb once), ports clear of the replicas'
-        port blocks, and their URLs in every replica's environment."""
-        from .services import Services
-        self.services = Services.from_settings(self.settings, self.run_dir,
-                                               self.project.directory)
-        if not self.services:
-            return
-        blocks = range(self.base_port, self.base_port + 100 * (len(self.positions) + 2))
-        self.services.prepare(avoid_ports={self.port, *blocks}, out=self.out)
-        self.services.write_programs(self.sup)
-        self.project.extra_env.update(self.services.env())
-        for svc in self.services:  # a service's log outlives runs: show only this run's lines
-            path = self.sup.log_path(svc.name)
-            self._tails[svc.name] = LogTail(path, from_start=not os.path.exists(path))
-            self._tails[svc.name].read_lines()
-
     async def main(self):
         from . import dashboard
         from .control import ControlServer
         from .memory import MemoryGuard
         from .proxy import Proxy
+        from .reloader import FileWatcher
 
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
@@ -198,7 +150,8 @@ class Runner:
             now = time.monotonic()
             for r in self.replicas.values():
                 r.spawned_at = now
-            await asyncio.to_thread(self.sup.start_many, list(self.replicas))
+            if not self.autostart:
+                await asyncio.to_thread(self.sup.start_many, list(self.replicas))
             self._save_state()
             self.guard = MemoryGuard(
                 interval=number(self.settings, "memory_interval"),
@@ -215,7 +168,6 @@ class Runner:
             await self.control.start()
             tasks = [asyncio.ensure_future(self._monitor()), asyncio.ensure_future(self._tail_logs())]
             tasks.append(dashboard.start_history(self))  # dashboard: memory-over-time samples
-            from .reloader import FileWatcher
             self.watcher = FileWatcher(loop, self._watched_files(), self._files_changed)
             self.watcher.start()
             ok = await self._await_startup()
@@ -288,42 +240,20 @@ class Runner:
 
     # -- replicas ------------------------------------------------------------
     def _new_replica(self, spec):
+        """A replica added while running (scale, roll): its program, then its object."""
+        write_replica_program(self.sup, self.project, spec, self.app_name)
+        return self._add_replica_object(spec)
+
+    def _add_replica_object(self, spec):
         ptype = self.project.procfile.types[spec.type]
         r = Replica(spec, ptype.command)
         r.memory_limit = self.limits[spec.type]
         self.replicas[r.name] = r
-        env = dict(os.environ)
-        env.update(self.project.env)
-        bin_dir = os.path.dirname(sys.executable)
-        env.update({
-            "PORT": str(spec.port), "DASHSCALE_REPLICA": spec.name, "PYTHONUNBUFFERED": "1",
-            "PATH": bin_dir + os.pathsep + env.get("PATH", os.defpath),
-        })
-        # A private runtime dir per replica: gunicorn ≥24 puts its control socket in
-        # $XDG_RUNTIME_DIR (else ~/.gunicorn, shared by all replicas and clashing).
-        runtime_dir = os.path.join(self.run_dir, "rt", spec.name)
-        os.makedirs(os.path.dirname(runtime_dir), mode=0o700, exist_ok=True)  # rt/ too
-        os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
-        env["XDG_RUNTIME_DIR"] = runtime_dir
-        if self.app_name:
-            # Dash Enterprise serves an app under /NAME/; Dash reads these at start.
-            prefix = f"/{self.app_name}/"
-            env.update({"DASH_APP_NAME": self.app_name, "DASH_REQUESTS_PATHNAME_PREFIX": prefix,
-                        "DASH_ROUTES_PATHNAME_PREFIX": prefix})
-        env.update(self.project.extra_env)
-        self.sup.write_program(r.name, r.type, r.command, self._launcher_env(env),
-                               self.project.directory)
         # Follow the log from its current end: earlier runs' lines stay in the file
         # (for `dashscale logs`) but are not printed again.
         self._tails[r.name] = LogTail(self.sup.log_path(r.name), from_start=True,
                                       offset=_size(self.sup.log_path(r.name)))
         return r
-
-    def _launcher_env(self, env):
-        # Only what differs from supervisord's own environment (which it inherits
-        # from us) needs exporting; keeps launchers short and secrets out of others.
-        base = os.environ
-        return {k: v for k, v in env.items() if base.get(k) != v and k.isidentifier()}
 
     def _add_and_start(self, names):
         self.sup.add(names)

@@ -4,6 +4,10 @@ One program group per replica (a file each under .dashscale/programs/), so a rep
 can be added or removed without supervisord touching the others. Each replica runs a
 generated launcher script that exports its environment and execs the Procfile command,
 so .env values never appear in supervisord's config or on a command line.
+
+The XML-RPC client (xmlrpc.client and supervisor's own transport, ~20 ms of imports) is
+imported by the methods that talk to supervisord: `start` spawns it before it needs them,
+so supervisord's own start-up overlaps the rest of ours.
 """
 import ctypes
 import getpass
@@ -14,9 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import xmlrpc.client
-
-from supervisor.xmlrpc import SupervisorTransport
 
 from .config import packaged_text
 from .output import last_lines
@@ -178,13 +179,13 @@ class Supervisord:
     def log_path(self, name):
         return os.path.join(self.run_dir, "logs", f"{name}.log")
 
-    def write_program(self, name, type_, command, env, directory):
+    def write_program(self, name, type_, command, env, directory, autostart=False):
         launcher = os.path.join(self.launch_dir, f"{name}.sh")
         _write_private(launcher, launcher_script(name, command, env))
         text = packaged_text("program.conf.tmpl").format(
             name=name, type=type_, launcher=shlex.quote(_escape(launcher)),
             directory=_escape(directory), run_dir=_escape(self.run_dir),
-            umask=f"{self.user_umask:03o}",
+            umask=f"{self.user_umask:03o}", autostart=str(autostart).lower(),
             **{k: _escape(v) for k, v in self.settings.items()})
         _write_private(os.path.join(self.programs_dir, f"{name}.conf"), text)
 
@@ -221,6 +222,8 @@ class Supervisord:
     def wait_up(self, timeout=15.0):
         """Poll until the RPC answers. A ServerProxy whose first call failed keeps
         failing, so each try builds a fresh one."""
+        import xmlrpc.client
+
         deadline = time.monotonic() + timeout
         while True:
             if self.process is not None and self.process.poll() is not None:
@@ -239,10 +242,14 @@ class Supervisord:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeFailure("supervisord did not answer on its socket in time")
-            time.sleep(0.01)
+            time.sleep(0.005)  # with autostart, the first connect starts the replicas
 
     def rpc(self):
         """A ServerProxy for this thread (xmlrpc proxies are not thread-safe)."""
+        import xmlrpc.client
+
+        from supervisor.xmlrpc import SupervisorTransport
+
         proxy = getattr(self._local, "proxy", None)
         if proxy is None:
             transport = SupervisorTransport(None, None, "unix://" + self.socket)
@@ -252,6 +259,8 @@ class Supervisord:
 
     def call(self, method, *args):
         """Call supervisor.<method>; a broken connection gets one fresh retry."""
+        import xmlrpc.client
+
         for attempt in (0, 1):
             try:
                 return getattr(self.rpc().supervisor, method)(*args)
@@ -264,6 +273,8 @@ class Supervisord:
     def add(self, names):
         """Make supervisord read the new program files (one config re-read for all of
         them) and create a group for each."""
+        import xmlrpc.client
+
         self.call("reloadConfig")
         for name in names:
             try:
@@ -273,6 +284,8 @@ class Supervisord:
                     raise
 
     def start_replica(self, name):
+        import xmlrpc.client
+
         try:
             self.call("startProcess", name, False)  # no wait: readiness is ours
         except xmlrpc.client.Fault as fault:
@@ -289,6 +302,8 @@ class Supervisord:
                                      f"{result.get('faultString')}")
 
     def stop_replica(self, name, wait=True):
+        import xmlrpc.client
+
         try:
             self.call("stopProcess", name, wait)
         except xmlrpc.client.Fault as fault:
@@ -296,6 +311,8 @@ class Supervisord:
                 raise
 
     def remove(self, name):
+        import xmlrpc.client
+
         self.stop_replica(name)
         try:
             self.call("removeProcessGroup", name)
@@ -309,6 +326,8 @@ class Supervisord:
 
     def shutdown(self, timeout):
         """Stop every replica (TERM to its group, KILL after stopwaitsecs), then exit."""
+        import xmlrpc.client
+
         if self.process is None or self.process.poll() is not None:
             return
         try:

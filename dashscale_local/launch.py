@@ -1,0 +1,132 @@
+"""The first moments of `dashscale start`: check everything that can fail on bad input,
+bind the proxy's port, write supervisord's config with every replica's program already
+in it (no reloadConfig round trips), and spawn supervisord.
+
+Deliberately light on imports (no asyncio, psutil or XML-RPC client): supervisord takes
+~0.1 s to start, and the runner's own imports happen while it does. Start-up time is a
+benchmark (benchmarks/bench_startup.py).
+"""
+import errno
+import os
+import sys
+
+from . import rundir
+from .config import number
+from .errors import UsageError
+from .formation import plan_replicas
+from .supervisor import Supervisord
+
+DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+class Launched:
+    """What the launch leaves for the runner."""
+
+    def __init__(self, sup, listener, specs, services, autostart):
+        self.sup = sup            # the spawned Supervisord
+        self.listener = listener  # the proxy's bound, listening socket
+        self.specs = specs        # a ReplicaSpec per replica, each with its program written
+        self.services = services  # services.Services, or None when none are configured
+        self.autostart = autostart  # supervisord starts the replicas without being asked
+
+
+def launch(project, settings, counts, out):
+    """Spawn supervisord for the formation ``counts``. Bad input raises UsageError
+    (exit 2) and leaves nothing running."""
+    from .memory import check_settings
+
+    check_settings(settings, os.path.join(project.directory, "dashscale.ini"))
+    host, port = settings["host"], int(settings["port"])
+    base_port = int(settings["base_port"])
+    specs = plan_replicas(project.type_names, counts, base_port)
+    for spec in specs:
+        if rundir.port_in_use(spec.port):
+            raise UsageError(f"port {spec.port} for {spec.name} is already in use "
+                             "(another app? choose --base-port)")
+    listener = rundir.bind_listener(host, port)
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        out.system(f"WARNING: the proxy listens on {host}: the app and its dashboard "
+                   "(/_dashscale/, which can scale and restart replicas) are reachable "
+                   "from other machines. Use --host 127.0.0.1 to keep them private.")
+    sup = Supervisord(project.run_dir, {
+        "startsecs": int(number(settings, "startsecs")),
+        "startretries": int(number(settings, "startretries")),
+        "stopwaitsecs": int(number(settings, "stop_timeout"))})
+    try:
+        sup.write_config()
+        for name in os.listdir(sup.programs_dir):
+            os.unlink(os.path.join(sup.programs_dir, name))  # leftovers of a dead run
+        services = _prepare_services(project, settings, sup, out)
+        app_name = settings.get("app_name") or ""
+        # Without services to wait for, supervisord starts the replicas itself, as soon
+        # as its loop first wakes (the runner's first connect): no start RPC round trip.
+        autostart = services is None
+        for spec in specs:
+            write_replica_program(sup, project, spec, app_name, autostart)
+        sup.start()
+    except OSError as exc:
+        listener.close()
+        give_up(sup, exc, project.run_dir)
+    return Launched(sup, listener, specs, services, autostart)
+
+
+def give_up(sup, exc, run_dir):
+    """After an OSError while starting: kill supervisord; a disk that filled up (or went
+    read-only) after rundir.prepare's probe is one clear line, exit 2."""
+    if sup.process:
+        sup.process.kill()
+        sup.process.wait()
+    if exc.errno not in DISK_ERRORS:
+        raise exc
+    raise UsageError(f"cannot write to the run directory: {exc.strerror}",
+                     file=exc.filename or run_dir) from None
+
+
+def _prepare_services(project, settings, sup, out):
+    """Managed services: binaries, data (initdb once), ports clear of the replicas'
+    port blocks, and their URLs in every replica's environment."""
+    if not (settings.get("services") or "").strip():
+        return None
+    from .services import Services
+
+    services = Services.from_settings(settings, project.run_dir, project.directory)
+    base_port = int(settings["base_port"])
+    blocks = range(base_port, base_port + 100 * (len(project.type_names) + 2))
+    services.prepare(avoid_ports={int(settings["port"]), *blocks}, out=out)
+    services.write_programs(sup)
+    project.extra_env.update(services.env())
+    return services
+
+
+def write_replica_program(sup, project, spec, app_name, autostart=False):
+    """The replica's launcher script and supervisord program, from the Procfile command
+    and the environment it runs with."""
+    command = project.procfile.types[spec.type].command
+    env = dict(os.environ)
+    env.update(project.env)
+    bin_dir = os.path.dirname(sys.executable)
+    env.update({
+        "PORT": str(spec.port), "DASHSCALE_REPLICA": spec.name, "PYTHONUNBUFFERED": "1",
+        "PATH": bin_dir + os.pathsep + env.get("PATH", os.defpath),
+    })
+    # A private runtime dir per replica: gunicorn ≥24 puts its control socket in
+    # $XDG_RUNTIME_DIR (else ~/.gunicorn, shared by all replicas and clashing).
+    runtime_dir = os.path.join(project.run_dir, "rt", spec.name)
+    os.makedirs(os.path.dirname(runtime_dir), mode=0o700, exist_ok=True)  # rt/ too
+    os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+    env["XDG_RUNTIME_DIR"] = runtime_dir
+    if app_name:
+        # Dash Enterprise serves an app under /NAME/; Dash reads these at start.
+        prefix = f"/{app_name}/"
+        env.update({"DASH_APP_NAME": app_name, "DASH_REQUESTS_PATHNAME_PREFIX": prefix,
+                    "DASH_ROUTES_PATHNAME_PREFIX": prefix})
+    env.update(project.extra_env)
+    sup.write_program(spec.name, spec.type, command, _launcher_env(env), project.directory,
+                      autostart)
+
+
+def _launcher_env(env):
+    # Only what differs from supervisord's own environment (which it inherits from us)
+    # needs exporting; keeps launchers short and secrets out of others.
+    base = os.environ
+    return {k: v for k, v in env.items() if base.get(k) != v and k.isidentifier()}
