@@ -1084,11 +1084,12 @@ class Response:
         "content_length",
         "keep_alive",
         "upgrade",
+        "forward",
     )
 
     def __init__(
         self, status, reason, http_version, headers, connection, framing, content_length,
-        keep_alive, upgrade,
+        keep_alive, upgrade, forward=None,
     ):
         self.status = status
         self.reason = reason
@@ -1099,6 +1100,9 @@ class Response:
         self.content_length = content_length
         self.keep_alive = keep_alive
         self.upgrade = upgrade
+        # the end-to-end header lines, already filtered as build_client_response_head
+        # would (b"name: value\r\n"...), or None: computed from ``headers`` then
+        self.forward = forward
 
     def get(self, name: bytes, default=None):
         for n, v in self.headers:
@@ -1219,67 +1223,71 @@ class ResponseParser:
             if status < 100:
                 self._error = ProtocolError(502, "invalid upstream status code")
             return  # interim response (100 Continue, 103 Early Hints): dropped
+        # One pass: the (name, value) list, the framing fields, and the end-to-end lines
+        # that build_client_response_head forwards (hop-by-hop and X-Dashscale-* left out).
         headers = []
         append = headers.append
+        fwd = []
         cl = None
         te = None
         conn = None
         for n, v in raw:
             n = n.lower()
-            v = v.rstrip(b" \t")
+            v = v.rstrip(b" \t")  # llhttp strips leading OWS from values, not trailing
             append((n, v))
-            if n not in _RESP_FRAMING:
-                continue
-            if n == b"content-length":
-                if cl is not None or not v or v.translate(None, _DIGIT):
-                    self._error = ProtocolError(502, "invalid upstream Content-Length")
-                    return
-                cl = int(v)
-            elif n == b"transfer-encoding":
-                te = v if te is None else te + b"," + v
-            elif n == b"connection":
-                conn = v if conn is None else conn + b"," + v
-        resp = self._make_response(status, reason, p.get_http_version(), headers, cl, te, conn)
-        if resp is None:
-            self._error = ProtocolError(502, "unsupported upstream transfer coding")
-            return
-        events = self._events
-        events.append(resp)
-        if resp.framing == FRAMING_NONE:
-            events.append(END)
-            self._done = True
-
-    def _make_response(self, status, reason, version, headers, cl, te, conn):
-        """The Response for a final (or 101) head; None for an unsupported coding."""
+            if n in _RESP_DROP:
+                if n == b"content-length":
+                    if cl is not None or not v or v.translate(None, _DIGIT):
+                        self._error = ProtocolError(502, "invalid upstream Content-Length")
+                        return
+                    cl = int(v)
+                elif n == b"transfer-encoding":
+                    te = v if te is None else te + b"," + v
+                elif n == b"connection":
+                    conn = v if conn is None else conn + b"," + v
+            elif not n.startswith(b"x-dashscale-"):
+                fwd += (n, b": ", v, b"\r\n")
+        # The Response (framing, keep-alive) of a final or 101 head.
         if conn is None:
             conn_tokens = _NO_TOKENS
-        elif conn == b"close":
-            conn_tokens = _CLOSE_TOKENS
         else:
-            conn_tokens = frozenset(_split_tokens((conn,)))
+            if conn == b"close":
+                conn_tokens = _CLOSE_TOKENS
+            else:
+                conn_tokens = frozenset(_split_tokens((conn,)))
+            # fields named in Connection are hop-by-hop too
+            if not conn_tokens.isdisjoint(fwd[::4]):
+                fwd = None  # rare: build_client_response_head filters ``headers``
         method = self.request_method
+        version = p.get_http_version()
         upgrade = status == 101
-        if upgrade or method == b"HEAD" or status == 204 or status == 304 or status < 200:
+        if upgrade or status == 204 or status == 304 or method == b"HEAD":
             framing = FRAMING_NONE
         elif te is not None:
             if _split_tokens((te,)) != [b"chunked"]:
-                return None
+                self._error = ProtocolError(502, "unsupported upstream transfer coding")
+                return
             framing = FRAMING_CHUNKED
             cl = None
         elif cl is not None:
             framing = FRAMING_LENGTH
         else:
             framing = FRAMING_CLOSE
-        if version == "1.1":
+        if framing == FRAMING_CLOSE or upgrade or method == b"HEAD":
+            keep_alive = False
+        elif version == "1.1":
             keep_alive = b"close" not in conn_tokens
         else:
             keep_alive = b"keep-alive" in conn_tokens
-        if framing == FRAMING_CLOSE or method == b"HEAD" or upgrade:
-            keep_alive = False
         resp = self.response = Response(
-            status, reason, version, headers, conn_tokens, framing, cl, keep_alive, upgrade
+            status, reason, version, headers, conn_tokens, framing, cl, keep_alive, upgrade,
+            b"".join(fwd) if fwd is not None else None,
         )
-        return resp
+        events = self._events
+        events.append(resp)
+        if framing == FRAMING_NONE:
+            events.append(END)
+            self._done = True
 
     def on_body(self, data):
         if not self._done and self.response is not None:
@@ -1310,16 +1318,20 @@ def build_client_response_head(
     """
     status = resp.status
     reason = resp.reason or (HTTPStatus(status).phrase.encode() if _known(status) else b"")
-    out = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
-    conn = resp.connection
-    for name, value in resp.headers:
-        if name in _RESP_DROP:
-            continue
-        if name.startswith(b"x-dashscale-"):
-            continue
-        if conn and name in conn:
-            continue
-        out += (name, b": ", value, b"\r\n")
+    fwd = resp.forward
+    if fwd is None:
+        conn = resp.connection
+        fwd = []
+        for name, value in resp.headers:
+            if name in _RESP_DROP:
+                continue
+            if name.startswith(b"x-dashscale-"):
+                continue
+            if conn and name in conn:
+                continue
+            fwd += (name, b": ", value, b"\r\n")
+        fwd = b"".join(fwd)
+    out = [b"HTTP/1.1 %d %b\r\n%b" % (status, reason, fwd)]
     chunked = False
     framing = resp.framing
     http11 = client_version == "1.1"

@@ -457,7 +457,8 @@ class ClientConnection(asyncio.Protocol):
             self._send_error_and_close(503, reason, self.settings.retry_after)
             return
         self.pool.acquire(backend)
-        self.upstream = Upstream(self, backend, req, body, tried)
+        self.upstream = up = Upstream(self, backend, req, body, tried)
+        up.connect()
 
     def connect_failed(self, up):
         """Nothing reached the replica: safe to try another one."""
@@ -537,8 +538,9 @@ class Upstream(asyncio.Protocol):
     """The connection to one replica for one request; streams its response back."""
 
     __slots__ = ("client", "backend", "req", "body", "tried", "loop", "settings", "parser",
-                 "transport", "task", "head_sent", "chunked", "keep_alive", "done", "tunnel",
-                 "started", "deadline", "kind", "status", "client_eof", "upstream_eof")
+                 "transport", "connecting", "waiting", "head_sent", "chunked", "keep_alive",
+                 "done", "tunnel", "started", "deadline", "kind", "status", "client_eof",
+                 "upstream_eof")
 
     def __init__(self, client, backend, req, body, tried):
         self.client = client
@@ -550,6 +552,8 @@ class Upstream(asyncio.Protocol):
         self.settings = client.settings
         self.parser = None
         self.transport = None
+        self.connecting = None
+        self.waiting = None
         self.head_sent = False
         self.chunked = False
         self.keep_alive = False
@@ -560,21 +564,50 @@ class Upstream(asyncio.Protocol):
         self.started = now = loop.time()
         self.deadline = now + self.settings.connect_timeout
         self.kind = _CONNECT
-        self.task = loop.create_task(self._connect())
 
-    async def _connect(self):
+    # -- connect ---------------------------------------------------------------
+    # ``loop.create_connection`` is a coroutine; it is driven here by hand (send, then
+    # resume from the done-callback of the future it waits on) instead of by a Task:
+    # no Task object, no registration in asyncio's task set, and the connect syscall is
+    # made at once rather than one loop iteration later.
+    def connect(self):
+        backend = self.backend
+        self.connecting = self.loop.create_connection(self._self, backend.host, backend.port)
+        self._step(None)
+
+    def _step(self, _future):
+        self.waiting = None
+        coro = self.connecting
         try:
-            await self.loop.create_connection(self._self, self.backend.host, self.backend.port)
+            waiting = coro.send(None)
+        except StopIteration:
+            self.connecting = None  # connected: connection_made has run
+            return
         except asyncio.CancelledError:
-            if self.done or self.transport is not None:
-                return  # the client went away
-            self._connect_failed()
-        except OSError:
-            if self.done or self.transport is not None:
-                return
-            self._connect_failed()
-        finally:
-            self.task = None
+            self._connect_ended()
+            return
+        except Exception:  # OSError (refused, unreachable...) and anything unexpected
+            self._connect_ended()
+            return
+        if waiting is None:  # a bare yield (asyncio.sleep(0))
+            self.loop.call_soon(self._step, None)
+            return
+        waiting._asyncio_future_blocking = False
+        self.waiting = waiting
+        waiting.add_done_callback(self._step)
+
+    def _connect_ended(self):
+        """The connect raised or was cancelled: nothing reached the replica."""
+        self.connecting = None
+        if self.done or self.transport is not None:
+            return  # the client went away meanwhile
+        self._connect_failed()
+
+    def _cancel_connect(self):
+        """Abandon a connect in progress (→ ``_connect_ended`` once it unwinds)."""
+        waiting = self.waiting
+        if waiting is not None and self.transport is None:
+            waiting.cancel()
 
     def _self(self):
         return self
@@ -735,9 +768,9 @@ class Upstream(asyncio.Protocol):
             return
         self.done = True
         self.deadline = 0.0
-        if self.task is not None and self.transport is None:
-            self.task.cancel()
-        if self.transport is not None:
+        if self.transport is None:
+            self._cancel_connect()
+        else:
             self.transport.abort()
         self.client.pool.release(self.backend, None, self.loop.time() - self.started)
 
@@ -760,8 +793,7 @@ class Upstream(asyncio.Protocol):
         kind = self.kind
         self.deadline = 0.0
         if kind == _CONNECT:
-            if self.task is not None and self.transport is None:
-                self.task.cancel()  # → _connect_failed (nothing was sent)
+            self._cancel_connect()  # → _connect_failed (nothing was sent)
         elif kind == _READ:
             self._fail(504, f"{self.backend.name} did not answer within "
                             f"{self.settings.read_timeout:g}s")
