@@ -124,7 +124,7 @@ class Runner:
         try:
             return asyncio.run(self.main())
         except KeyboardInterrupt:
-            self.sup.shutdown(number(self.settings, "stop_timeout") + 5)
+            self.sup.shutdown(number(self.settings, "stop_timeout") + 5, first=list(self.replicas))
             self._kill_all_now()
             return 1
 
@@ -214,7 +214,8 @@ class Runner:
             # Services have the lowest priority: supervisord stops them after the replicas.
             extra = 40 if self.services else 0
             await asyncio.to_thread(self.sup.shutdown,
-                                    number(self.settings, "stop_timeout") + 5 + extra)
+                                    number(self.settings, "stop_timeout") + 5 + extra,
+                                    list(self.replicas))
         self._kill_all_now()
         if self.services:
             self.services.stop_leftovers()

@@ -31,6 +31,7 @@ ALREADY_ADDED = 90
 STILL_RUNNING = 91
 
 PR_SET_PDEATHSIG = 1
+_ALIVE = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
 
 
 def _die_with_parent():
@@ -215,7 +216,11 @@ class Supervisord:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "supervisor.supervisord", "-c", self.conf],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=self.run_dir, preexec_fn=_die_with_parent, umask=0o077)
+                cwd=self.run_dir, preexec_fn=_die_with_parent, umask=0o077,
+                # Its own process group: a Ctrl-C in the terminal reaches the runner only,
+                # which TERMs every replica at once; supervisord's own shutdown on SIGINT
+                # would stop them one group (replica) at a time.
+                process_group=0)
         finally:
             os.close(out)
 
@@ -324,18 +329,34 @@ class Supervisord:
     def all_info(self):
         return {info["name"]: info for info in self.call("getAllProcessInfo")}
 
-    def shutdown(self, timeout):
-        """Stop every replica (TERM to its group, KILL after stopwaitsecs), then exit."""
+    def shutdown(self, timeout, first=()):
+        """Stop every replica (TERM to its group, KILL after stopwaitsecs), then exit.
+
+        supervisord's own shutdown stops one group at a time and waits for each, so
+        with a group per replica 10 replicas would take 10 stops in a row: the groups
+        in ``first`` (the replicas; not the services, which stop last) get their TERM
+        all at once before it. Polling their state meanwhile also wakes supervisord's
+        loop, which otherwise notices an exited child only at its next 1 s tick."""
         import xmlrpc.client
 
         if self.process is None or self.process.poll() is not None:
             return
+        deadline = time.monotonic() + timeout
         try:
+            if first:
+                calls = [{"methodName": "supervisor.stopProcess", "params": [n, False]}
+                         for n in first]
+                self.rpc().system.multicall(calls)  # NOT_RUNNING faults are fine here
+                names = set(first)
+                while time.monotonic() < deadline and any(
+                        i["name"] in names and i["statename"] in _ALIVE
+                        for i in self.call("getAllProcessInfo")):
+                    time.sleep(0.05)
             self.call("shutdown")
         except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
             self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout)
+            self.process.wait(max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()

@@ -79,6 +79,35 @@ def test_sigterm_to_runner_stops_everything(dashscale):
     assert processes_with_marker(run.run_id) == []
 
 
+SLOW_TO_STOP = """\
+import os, signal, sys, time
+def on_term(*_):
+    with open(os.environ["DASHSCALE_REPLICA"] + ".term", "w") as f:
+        f.write(repr(time.time()))
+    time.sleep(1.5)  # a replica finishing its in-flight work
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_ctrl_c_stops_every_replica_at_once(dashscale, app_dir):
+    """A terminal's Ctrl-C signals the whole foreground group: only the runner may get it
+    (supervisord's own shutdown stops one replica after another), and the runner TERMs
+    every replica together, so 4 replicas that each take 1.5 s to stop take 1.5 s."""
+    (app_dir / "slow_stop.py").write_text(SLOW_TO_STOP)
+    run = dashscale(f"worker: {sys.executable} slow_stop.py\n", formation="worker=4")
+    sup_pid = run.status()["supervisord_pid"]
+    assert os.getpgid(sup_pid) != os.getpgid(run.process.pid)
+    os.killpg(run.process.pid, signal.SIGINT)  # what the terminal does
+    assert run.process.wait(30) == 0
+    times = [float((app_dir / f"worker.{i}.term").read_text()) for i in range(1, 5)]
+    # one after another they would be ≥1.5 s apart
+    assert max(times) - min(times) < 1.0, times
+    assert processes_with_marker(run.run_id) == []
+
+
 @pytest.mark.parametrize("also_supervisord", [False, True])
 def test_recovery_after_kill_9(dashscale, app_dir, also_supervisord):
     """kill -9 of the runner (and supervisord): the next `stop` finds what is left through
