@@ -310,10 +310,25 @@ class Supervisord:
         import xmlrpc.client
 
         try:
-            self.call("stopProcess", name, wait)
+            self.call("stopProcess", name, False)
         except xmlrpc.client.Fault as fault:
             if fault.faultCode not in (NOT_RUNNING, BAD_NAME):
                 raise
+        if wait:
+            self.wait_stopped([name], self.settings["stopwaitsecs"] + 5)
+
+    def wait_stopped(self, names, timeout):
+        """Until none of ``names`` runs (supervisord KILLs after stopwaitsecs). We poll
+        rather than let stopProcess wait: polling wakes supervisord's loop, which would
+        otherwise notice the exit (and answer) only at its next 1 s tick."""
+        names = set(names)
+        deadline = time.monotonic() + timeout
+        while any(i["name"] in names and i["statename"] in _ALIVE
+                  for i in self.call("getAllProcessInfo")):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def remove(self, name):
         import xmlrpc.client
@@ -335,8 +350,7 @@ class Supervisord:
         supervisord's own shutdown stops one group at a time and waits for each, so
         with a group per replica 10 replicas would take 10 stops in a row: the groups
         in ``first`` (the replicas; not the services, which stop last) get their TERM
-        all at once before it. Polling their state meanwhile also wakes supervisord's
-        loop, which otherwise notices an exited child only at its next 1 s tick."""
+        all at once before it."""
         import xmlrpc.client
 
         if self.process is None or self.process.poll() is not None:
@@ -347,11 +361,7 @@ class Supervisord:
                 calls = [{"methodName": "supervisor.stopProcess", "params": [n, False]}
                          for n in first]
                 self.rpc().system.multicall(calls)  # NOT_RUNNING faults are fine here
-                names = set(first)
-                while time.monotonic() < deadline and any(
-                        i["name"] in names and i["statename"] in _ALIVE
-                        for i in self.call("getAllProcessInfo")):
-                    time.sleep(0.05)
+                self.wait_stopped(first, timeout)
             self.call("shutdown")
         except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
             self.process.send_signal(signal.SIGTERM)
