@@ -30,7 +30,7 @@ latency histogram (pick → end of response, seconds) over ``LATENCY_BUCKETS`` (
 with ``latency_sum_s``.
 """
 import asyncio
-import bisect
+from bisect import bisect_left
 
 # Upper bounds (seconds) of the latency histogram buckets; the last bucket is +Inf.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -188,7 +188,7 @@ class Pool:
         else:
             backend.errors += 1
         if ok is not None:
-            backend.histogram[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            backend.histogram[bisect_left(LATENCY_BUCKETS, seconds)] += 1
             backend.latency_sum += seconds
         if backend.inflight <= 0 and backend._idle is not None and not backend._idle.done():
             backend._idle.set_result(True)

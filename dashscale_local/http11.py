@@ -217,6 +217,10 @@ def _spoofs_dropped(name, drop):
     dashed = name.replace(b"_", b"-")
     return dashed in drop or dashed.startswith(_X_DROP)
 
+# Host values already found valid: a client sends the same one on every request, and
+# bytes.translate builds its deletion table on each call (bounded, small values only).
+_HOSTS_SEEN = set()
+
 # Never removed because a client named them in Connection (regenerated anyway).
 _CONN_PROTECTED = frozenset([b"host", b"content-length"])
 
@@ -356,6 +360,11 @@ class _Sink:
     """httptools callback target (kept apart from the parser to avoid a ref cycle)."""
 
     __slots__ = ("hdrs", "hc", "mc")
+
+    # Callbacks this target does not use, present as None: httptools looks each one up
+    # with getattr(target, name, None) per parser, and a missing one costs an
+    # AttributeError (message formatting included) every time.
+    on_url = on_body = on_message_begin = on_chunk_header = on_chunk_complete = None
 
     def __init__(self):
         self.hdrs = []
@@ -678,7 +687,7 @@ class RequestParser:
             raise ProtocolError(501, "method not implemented")
         if not target:
             raise _bad("empty request target")
-        if b"#" in target:
+        if 35 in target:  # "#" (an int test: ``bytes in bytes`` first tries int())
             raise _bad("fragment in request target")
         c = target[0]
         authority = None
@@ -703,7 +712,8 @@ class RequestParser:
                     i = j
             authority = rest[:i]
             path = rest[i:]
-            if not authority or b"@" in authority or authority.translate(None, _HOST_CHARS):
+            # 64 = "@"
+            if not authority or 64 in authority or authority.translate(None, _HOST_CHARS):
                 raise _bad("invalid authority in absolute-form target")
             norm = path if path.startswith(b"/") else b"/" + path
         return (method, norm, target, v, authority)
@@ -747,7 +757,7 @@ class RequestParser:
                 elif name == b"content-length":
                     if cl is not None:
                         raise _bad("duplicate Content-Length")
-                    if not value or value.translate(None, _DIGIT):
+                    if not value.isdigit():  # 1*DIGIT (bytes.isdigit: ASCII only)
                         raise _bad("invalid Content-Length")
                     cl = int(value)
                 elif name == b"transfer-encoding":
@@ -771,8 +781,11 @@ class RequestParser:
                 raise _bad("more than one Host header")
             if version == "1.1":
                 raise _bad("missing Host header")
-        elif host and host.translate(None, _HOST_CHARS):
-            raise _bad("invalid Host header")
+        elif host and host not in _HOSTS_SEEN:
+            if host.translate(None, _HOST_CHARS):
+                raise _bad("invalid Host header")
+            if len(_HOSTS_SEEN) < 64 and len(host) <= 255:
+                _HOSTS_SEEN.add(host)
         if authority is not None:
             if host is not None and host.lower() != authority.lower():
                 raise _bad("absolute-form target does not match Host")
@@ -801,7 +814,7 @@ class RequestParser:
 
         if conn is None:
             conn_tokens = _NO_TOKENS
-        elif len(conn) == 1 and b"," not in conn[0]:
+        elif len(conn) == 1 and 44 not in conn[0]:  # ","
             conn_tokens = frozenset((conn[0].lower(),))
         else:
             conn_tokens = frozenset(_split_tokens(conn))
@@ -1031,7 +1044,7 @@ def build_upstream_request(
                 else:
                     vias.append(value)
             continue
-        if b"_" in name and _spoofs_dropped(name, drop):
+        if 95 in name and _spoofs_dropped(name, drop):  # "_"
             continue  # X_Forwarded_For: CGI-style servers read it as X-Forwarded-For
         out += (name, b": ", value, b"\r\n")
     if req.chunked:
@@ -1139,6 +1152,9 @@ class ResponseParser:
         "_error",
     )
 
+    # Not used; None rather than missing (see _Sink): one parser is made per response.
+    on_message_begin = on_chunk_header = on_chunk_complete = None
+
     def __init__(self, request_method: bytes = b"GET", max_header_bytes: int = 65536):
         self.request_method = request_method
         self.max_header_bytes = max_header_bytes
@@ -1237,7 +1253,7 @@ class ResponseParser:
             append((n, v))
             if n in _RESP_DROP:
                 if n == b"content-length":
-                    if cl is not None or not v or v.translate(None, _DIGIT):
+                    if cl is not None or not v.isdigit():
                         self._error = ProtocolError(502, "invalid upstream Content-Length")
                         return
                     cl = int(v)

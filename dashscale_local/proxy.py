@@ -100,10 +100,15 @@ MiB = 1024 * 1024
 LOCAL_PREFIX = b"/_dashscale/"  # served by the runner itself, never by the app
 
 
+_LOCAL_STEM = LOCAL_PREFIX[:-1]
+_LOCAL_QUERY = _LOCAL_STEM + b"?"
+
+
 def _is_local(target):
     """/_dashscale/… and /_dashscale itself (the dashboard redirects it to /_dashscale/)."""
-    return target.startswith(LOCAL_PREFIX) or target == LOCAL_PREFIX[:-1] \
-        or target.startswith(LOCAL_PREFIX[:-1] + b"?")
+    return target.startswith(_LOCAL_STEM) and (
+        target.startswith(LOCAL_PREFIX) or target == _LOCAL_STEM
+        or target.startswith(_LOCAL_QUERY))
 
 # Deadline kinds of a client connection.
 _NONE, _IDLE, _HEADER, _BODY = 0, 1, 2, 3
@@ -323,6 +328,14 @@ class ClientConnection(asyncio.Protocol):
             self._reject(exc.status, exc.reason)
             return
         if events:
+            # The usual case, one whole bodiless request while nothing else is pending,
+            # goes straight to _dispatch; _take + _next would do the same, in more steps.
+            if (len(events) == 2 and not self.busy and self.current is None
+                    and not self.queue and events[1] is END):
+                req = events[0]
+                if req.__class__ is Request and not req.expect_continue:
+                    self._dispatch(req, [])
+                    return
             self._take(events)
 
     def eof_received(self):
@@ -406,20 +419,33 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.resume_reading()
             return
         req, body = self.queue.pop(0)
+        self._dispatch(req, body)
+
+    def _dispatch(self, req, body):
+        """Serve ``req`` now (nothing else is in flight on this connection)."""
         self.busy = True
         self.deadline = 0.0
         self.kind = _NONE
         if self.read_paused and not self.queue:
             self.read_paused = False
             self.transport.resume_reading()
-        if self.proxy.local_handler is not None and (
+        proxy = self.proxy
+        if proxy.local_handler is not None and (
                 _is_local(req.target)
-                or (req.target == b"/" and getattr(self.proxy, "root_is_local", False))):
+                or (req.target == b"/" and getattr(proxy, "root_is_local", False))):
             self.counters["local_requests"] += 1
             self.loop.create_task(self._serve_locally(req, body))
-        else:
-            self.counters["requests"] += 1
-            self._forward(req, body, None)
+            return
+        self.counters["requests"] += 1
+        # _forward(req, body, None), inlined: this runs once per request
+        backend = self.pool.pick()
+        if backend is None:
+            self._forward(req, body, None)  # → 503
+            return
+        backend.inflight += 1  # Pool.acquire
+        backend.routed += 1
+        self.upstream = up = Upstream(self, backend, req, body, None)
+        up.connect()
 
     async def _serve_locally(self, req, body):
         """Paths under /_dashscale/ (the dashboard and its API) are the runner's own."""
@@ -552,15 +578,9 @@ class Upstream(asyncio.Protocol):
         self.settings = client.settings
         self.parser = None
         self.transport = None
-        self.connecting = None
-        self.waiting = None
-        self.head_sent = False
-        self.chunked = False
-        self.keep_alive = False
+        self.head_sent = False  # chunked, keep_alive and status are set with the head
         self.done = False
-        self.tunnel = False
-        self.status = 0
-        self.client_eof = self.upstream_eof = False
+        self.tunnel = False     # client_eof and upstream_eof are set with the tunnel
         self.started = now = loop.time()
         self.deadline = now + self.settings.connect_timeout
         self.kind = _CONNECT
@@ -572,6 +592,7 @@ class Upstream(asyncio.Protocol):
     # made at once rather than one loop iteration later.
     def connect(self):
         backend = self.backend
+        self.waiting = None
         self.connecting = self.loop.create_connection(self._self, backend.host, backend.port)
         self._step(None)
 
@@ -659,7 +680,7 @@ class Upstream(asyncio.Protocol):
 
     def _relay(self, events):
         out = []
-        chunked = self.chunked
+        chunked = self.chunked if self.head_sent else False
         for ev in events:
             cls = ev.__class__
             if cls is bytes:
@@ -814,6 +835,7 @@ class Upstream(asyncio.Protocol):
         """After a 101: bytes flow both ways untouched until either side closes."""
         client = self.client
         self.tunnel = True
+        self.client_eof = self.upstream_eof = False
         self.kind = _TUNNEL
         self.deadline = self.loop.time() + self.settings.read_timeout
         client.tunnel = True
