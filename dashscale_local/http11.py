@@ -531,6 +531,22 @@ class RequestParser:
             data = bytes(data)
         events = []
         buf = self._buf
+        if st == _HEAD and not buf and not data.startswith(b"\r\n"):
+            # Fast path: ``data`` is exactly one whole head (a GET, typically). The
+            # same steps as _head, minus the bookkeeping for a head split across feeds;
+            # anything else (or anything _head would reject) takes the general path.
+            lf = data.find(b"\n", 0, self.max_request_line + 2)
+            if lf > 0 and data[lf - 1] == 13:
+                end = data.find(b"\r\n\r\n", lf - 1, lf + 1 + self.max_header_bytes) + 4
+                if end == len(data):
+                    try:
+                        self._head_complete(
+                            data, 0, lf + 1, end, self._request_line(data[: lf - 1]), events)
+                    except ProtocolError as e:
+                        e.events = events
+                        self._fail(e)
+                        raise
+                    return events
         if buf:
             buf += data
             b = buf

@@ -679,6 +679,26 @@ class Upstream(asyncio.Protocol):
             self._relay(events)
 
     def _relay(self, events):
+        if not self.head_sent and events[-1] is END and len(events) <= 3:
+            # The usual case: the whole response in one read ([Response, body?, END]).
+            resp = events[0]
+            if resp.__class__ is Response and not resp.upgrade:
+                req = self.req
+                head, chunked, self.keep_alive = http11.build_client_response_head(
+                    resp, keep_alive=req.keep_alive, client_version=req.http_version,
+                    extra_headers=((_REPLICA_HEADER, self.backend.label),))
+                self.chunked = chunked
+                self.status = resp.status
+                self.head_sent = True
+                if len(events) == 3:
+                    head += encode_chunk(events[1]) + LAST_CHUNK if chunked else events[1]
+                elif chunked:
+                    head += LAST_CHUNK
+                client = self.client
+                if not client.closing:
+                    client.transport.write(head)
+                self._finish()
+                return
         out = []
         chunked = self.chunked if self.head_sent else False
         for ev in events:
