@@ -167,6 +167,32 @@ def port_in_use(port, host="127.0.0.1"):
     return False
 
 
+def listen_port_range():
+    """(start, stop) of ports for servers we pick a port for: outside the kernel's
+    ephemeral range, so no outgoing connection (a client, the proxy) can take the port
+    between our check and the server's bind."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = map(int, f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    if low > 12000:
+        return 10000, low
+    return high + 1, 65000
+
+
+def free_listen_port(avoid=(), host="127.0.0.1", tries=200):
+    """A free port from listen_port_range(), not in ``avoid``."""
+    import random
+
+    start, stop = listen_port_range()
+    for _ in range(tries):
+        port = random.randrange(start, stop)
+        if port not in avoid and not port_in_use(port, host):
+            return port
+    raise RuntimeFailure("no free port found")
+
+
 def wait_gone(proc, timeout):
     import psutil
     deadline = time.monotonic() + timeout
@@ -177,4 +203,3 @@ def wait_gone(proc, timeout):
     return False
 
 
-__all__ = ["RuntimeFailure"]

@@ -77,13 +77,7 @@ def choose_port(previous, avoid):
     """The previous run's port if it is still free (stable URLs), else a free one."""
     if previous and previous not in avoid and _port_free(previous):
         return previous
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if port not in avoid:
-            return port
-    raise RuntimeFailure("no free port for a service")
+    return rundir.free_listen_port(avoid, HOST)
 
 
 def dir_bytes(path):

@@ -25,36 +25,13 @@ def port_free(port, host="127.0.0.1"):
     return not rundir.port_in_use(port, host)
 
 
-def _ephemeral_range():
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low, high = map(int, f.read().split())
-        return low, high
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def _listening_ports():
-    """Ports outside the ephemeral range: an outgoing connection (a test client, the
-    proxy) can never take one of them between our check and a replica's bind."""
-    low, high = _ephemeral_range()
-    if low > 12000:
-        return 10000, low
-    return high + 1, 65000
-
-
 def free_port():
-    start, stop = _listening_ports()
-    for _ in range(200):
-        port = random.randrange(start, stop)
-        if port_free(port):
-            return port
-    raise RuntimeError("no free port found")
+    return rundir.free_listen_port()
 
 
 def free_port_block(types=1, per_type=10, tries=200):
     """A base port whose replica ports (100 per type, +1 per replica) are all free."""
-    start, stop = _listening_ports()
+    start, stop = rundir.listen_port_range()
     for _ in range(tries):
         base = random.randrange(start, stop - 100 * types)
         ports = [base + 100 * t + i for t in range(types) for i in range(per_type)]
