@@ -9,6 +9,7 @@ benchmark (benchmarks/bench_startup.py).
 import errno
 import os
 import sys
+import time
 
 from . import rundir
 from .config import number
@@ -22,18 +23,23 @@ DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPER
 class Launched:
     """What the launch leaves for the runner."""
 
-    def __init__(self, sup, listener, specs, services, autostart):
+    def __init__(self, started, sup, listener, specs, services, autostart, log_offsets):
+        self.started = started    # time.monotonic() when launch() began
         self.sup = sup            # the spawned Supervisord
         self.listener = listener  # the proxy's bound, listening socket
         self.specs = specs        # a ReplicaSpec per replica, each with its program written
         self.services = services  # services.Services, or None when none are configured
         self.autostart = autostart  # supervisord starts the replicas without being asked
+        self.log_offsets = log_offsets  # replica log sizes before this run wrote to them
+        self.spawned_at = time.monotonic()
 
 
 def launch(project, settings, counts, out):
     """Spawn supervisord for the formation ``counts``. Bad input raises UsageError
     (exit 2) and leaves nothing running."""
     from .memory import check_settings
+
+    started = time.monotonic()
 
     check_settings(settings, os.path.join(project.directory, "dashscale.ini"))
     host, port = settings["host"], int(settings["port"])
@@ -63,11 +69,14 @@ def launch(project, settings, counts, out):
         autostart = services is None
         for spec in specs:
             write_replica_program(sup, project, spec, app_name, autostart)
+        # Earlier runs' lines stay in the logs (for `dashscale logs`); the runner prints
+        # from here on. Measured now: autostarted replicas may write before it looks.
+        log_offsets = {spec.name: _size(sup.log_path(spec.name)) for spec in specs}
         sup.start()
     except OSError as exc:
         listener.close()
         give_up(sup, exc, project.run_dir)
-    return Launched(sup, listener, specs, services, autostart)
+    return Launched(started, sup, listener, specs, services, autostart, log_offsets)
 
 
 def give_up(sup, exc, run_dir):
@@ -123,6 +132,13 @@ def write_replica_program(sup, project, spec, app_name, autostart=False):
     env.update(project.extra_env)
     sup.write_program(spec.name, spec.type, command, _launcher_env(env), project.directory,
                       autostart)
+
+
+def _size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _launcher_env(env):

@@ -106,12 +106,14 @@ class Runner:
         self.sup, self.listener, self.services = launched.sup, launched.listener, launched.services
         self.autostart = launched.autostart
         for spec in launched.specs:
-            self._add_replica_object(spec)
+            r = self._add_replica_object(spec, launched.log_offsets[spec.name])
+            if launched.autostart:
+                r.spawned_at = launched.spawned_at
         for svc in self.services or ():  # a service's log outlives runs: show only this run's lines
             path = self.sup.log_path(svc.name)
             self._tails[svc.name] = LogTail(path, from_start=not os.path.exists(path))
             self._tails[svc.name].read_lines()
-        self.t_start = time.monotonic()
+        self.created = launched.started  # "ready in" counts from the start command
         try:
             self._save_state(strict=True)  # without state.json a kill -9 would orphan replicas
         except OSError as exc:
@@ -147,10 +149,10 @@ class Runner:
                 await asyncio.to_thread(self.services.start, self.sup, self.out,
                                         number(self.settings, "ready_timeout"))
             self.out.system(f"starting {format_formation(self.counts)} from {self.project.procfile_path}")
-            now = time.monotonic()
-            for r in self.replicas.values():
-                r.spawned_at = now
             if not self.autostart:
+                now = time.monotonic()
+                for r in self.replicas.values():
+                    r.spawned_at = now
                 await asyncio.to_thread(self.sup.start_many, list(self.replicas))
             self._save_state()
             self.guard = MemoryGuard(
@@ -245,15 +247,16 @@ class Runner:
         write_replica_program(self.sup, self.project, spec, self.app_name)
         return self._add_replica_object(spec)
 
-    def _add_replica_object(self, spec):
+    def _add_replica_object(self, spec, log_offset=None):
         ptype = self.project.procfile.types[spec.type]
         r = Replica(spec, ptype.command)
         r.memory_limit = self.limits[spec.type]
         self.replicas[r.name] = r
         # Follow the log from its current end: earlier runs' lines stay in the file
         # (for `dashscale logs`) but are not printed again.
-        self._tails[r.name] = LogTail(self.sup.log_path(r.name), from_start=True,
-                                      offset=_size(self.sup.log_path(r.name)))
+        path = self.sup.log_path(r.name)
+        self._tails[r.name] = LogTail(path, from_start=True,
+                                      offset=_size(path) if log_offset is None else log_offset)
         return r
 
     def _add_and_start(self, names):

@@ -60,6 +60,16 @@ def test_status_json_keys(dashscale):
     assert "web.2" in text.stdout and "RUNNING" in text.stdout or "STARTING" in text.stdout
 
 
+def test_each_replica_is_shown_coming_up_from_its_first_line(dashscale):
+    """Replicas start as soon as supervisord does: their first lines must not be missed."""
+    run = dashscale(formation="web=2")
+    for name in ("web.1", "web.2"):
+        wait_for(lambda: any(line.split("|")[0].strip().endswith(name)
+                             and "Starting gunicorn" in line
+                             for line in run.output().splitlines()),
+                 10, message=f"{name}'s first line")
+
+
 def test_stop_leaves_nothing(dashscale, app_dir):
     run = dashscale(formation="web=2")
     assert len(processes_with_marker(run.run_id)) >= 5  # runner, supervisord, 2×(master+worker)
