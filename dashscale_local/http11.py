@@ -531,7 +531,7 @@ class RequestParser:
             data = bytes(data)
         events = []
         buf = self._buf
-        if st == _HEAD and not buf and not data.startswith(b"\r\n"):
+        if st == _HEAD and not buf and data and data[0] != 13:  # not a leading CRLF
             # Fast path: ``data`` is exactly one whole head (a GET, typically). The
             # same steps as _head, minus the bookkeeping for a head split across feeds;
             # anything else (or anything _head would reject) takes the general path.
@@ -1053,7 +1053,8 @@ def build_upstream_request(
     drop = _REQ_DROP if not conn else _REQ_DROP | (conn - _CONN_PROTECTED)
     vias = None
     for name, value in req.headers:
-        if name in drop or name.startswith(_X_DROP):
+        # a cheap first test: startswith parses its arguments on each call
+        if name in drop or (name[:1] == b"x" and name.startswith(_X_DROP)):
             if name == b"via":
                 if vias is None:
                     vias = [value]
@@ -1277,7 +1278,7 @@ class ResponseParser:
                     te = v if te is None else te + b"," + v
                 elif n == b"connection":
                     conn = v if conn is None else conn + b"," + v
-            elif not n.startswith(b"x-dashscale-"):
+            elif n[:1] != b"x" or not n.startswith(b"x-dashscale-"):
                 fwd += (n, b": ", v, b"\r\n")
         # The Response (framing, keep-alive) of a final or 101 head.
         if conn is None:
