@@ -46,13 +46,19 @@ class ControlServer:
 
     async def _serve(self, reader, writer):
         try:
-            if not _peer_is_us(writer.get_extra_info("socket")):
-                await _respond(writer, 403, {"error": "control socket: permission denied"})
-                return
+            refused = not _peer_is_us(writer.get_extra_info("socket"))
+            # The request is read (bounded, strictly framed) even from a refused peer:
+            # closing with its bytes unread would reset the connection, and the caller
+            # would see a broken pipe instead of the 403.
             try:
                 req, body = await asyncio.wait_for(_read_request(reader), 5)
             except ProtocolError as exc:
-                await _respond(writer, exc.status, {"error": exc.reason})
+                if not refused:
+                    await _respond(writer, exc.status, {"error": exc.reason})
+                    return
+                req = None
+            if refused:
+                await _respond(writer, 403, {"error": "control socket: permission denied"})
                 return
             if req is None:
                 return
