@@ -6,11 +6,11 @@ Routes: GET /status, POST /scale {"formation": {"web": 6}}, POST /restart
 {"target": "web.2", "rolling": false}, POST /stop.
 """
 import asyncio
-import http.client
 import json
 import os
 import socket
 import struct
+from http import HTTPStatus
 
 from .errors import RuntimeFailure, UsageError
 from .http11 import END, ProtocolError, Request, RequestParser
@@ -121,23 +121,12 @@ def _peer_is_us(sock):
 async def _respond(writer, status, payload):
     body = json.dumps(payload).encode()
     writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                 b"Connection: close\r\n\r\n" % (status, http.client.responses.get(status, "").encode(),
+                 b"Connection: close\r\n\r\n" % (status, HTTPStatus(status).phrase.encode(),
                                                  len(body)) + body)
     try:
         await writer.drain()
     except ConnectionError:
         pass
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
 
 
 class NotRunning(UsageError):
@@ -149,8 +138,13 @@ def call(path, method, route, body=None, timeout=120.0):
     if not os.path.exists(path):
         raise NotRunning(f"no dashscale is running here (no {os.path.basename(path)})",
                          file=os.path.dirname(path))
-    conn = _UnixConnection(path, timeout)
+    import http.client  # the client side only: the runner need not import it
+
+    conn = http.client.HTTPConnection("localhost", timeout=timeout)
     try:
+        conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.sock.settimeout(timeout)
+        conn.sock.connect(path)
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if payload else {}
         conn.request(method, route, body=payload, headers=headers)

@@ -73,6 +73,8 @@ def launch(project, settings, counts, out):
         # from here on. Measured now: autostarted replicas may write before it looks.
         log_offsets = {spec.name: _size(sup.log_path(spec.name)) for spec in specs}
         sup.start()
+        if autostart:
+            sup.poke_when_up()
     except OSError as exc:
         listener.close()
         give_up(sup, exc, project.run_dir)

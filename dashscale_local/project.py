@@ -20,10 +20,12 @@ class Project:
         self.procfile_path = os.path.abspath(procfile_path)
         self.directory = os.path.dirname(self.procfile_path)
         self.run_dir = rundir.run_dir_for(self.procfile_path)
-        self.procfile = load_procfile(self.procfile_path)
-        self.type_names = list(self.procfile.types)
         self.env_files = [os.path.abspath(p) for p in env_files] or \
             [os.path.join(self.directory, ".env")]
+        # Taken before reading: a save from here on shows as a different stamp.
+        self.loaded_stamps = self.stamps()
+        self.procfile = load_procfile(self.procfile_path)
+        self.type_names = list(self.procfile.types)
         self.env_required = bool(env_files)
         self.env = load_env_files(self.env_files, required=self.env_required)
         if memory_limit is not None:
@@ -43,6 +45,22 @@ class Project:
         env = load_env_files(self.env_files, required=self.env_required)
         limits = parse_limits(self.limit_spec, list(procfile.types), self.limit_source)
         return procfile, env, limits
+
+    @property
+    def watched_files(self):
+        """The files whose edits the runner applies while running."""
+        return [self.procfile_path, self.scale_file, *self.env_files]
+
+    def stamps(self):
+        """{path: (inode, size, mtime) or None} of the watched files."""
+        stamps = {}
+        for path in self.watched_files:
+            try:
+                st = os.stat(path)
+                stamps[path] = (st.st_ino, st.st_size, st.st_mtime_ns)
+            except OSError:
+                stamps[path] = None
+        return stamps
 
     @property
     def scale_file(self):

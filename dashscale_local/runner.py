@@ -135,7 +135,6 @@ class Runner:
         from .control import ControlServer
         from .memory import MemoryGuard
         from .proxy import Proxy
-        from .reloader import FileWatcher
 
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
@@ -143,6 +142,7 @@ class Runner:
         self.loop = loop
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._signal_stop)
+        tasks = []
         try:
             await asyncio.to_thread(self.sup.wait_up)
             if self.services:  # replicas start only once every service answers
@@ -168,19 +168,19 @@ class Runner:
             await self.proxy.start()
             self.control = ControlServer(rundir.control_socket(self.run_dir), self)
             await self.control.start()
-            tasks = [asyncio.ensure_future(self._monitor()), asyncio.ensure_future(self._tail_logs())]
-            tasks.append(dashboard.start_history(self))  # dashboard: memory-over-time samples
-            self.watcher = FileWatcher(loop, self._watched_files(), self._files_changed)
-            self.watcher.start()
-            ok = await self._await_startup()
+            tasks += [asyncio.ensure_future(self._monitor()), asyncio.ensure_future(self._tail_logs()),
+                      dashboard.start_history(self)]  # dashboard: memory-over-time samples
+            startup = asyncio.ensure_future(self._await_startup())
+            tasks.append(asyncio.ensure_future(self._watch_files(startup)))
+            ok = await startup
             if ok:
                 await self.stopping.wait()
                 if self.startup_error is not None:
                     raise self.startup_error
-            for t in tasks:
-                t.cancel()
             return 0 if ok and not self.sup_died else 1
         finally:
+            for t in tasks:
+                t.cancel()
             await self._shutdown()
 
     async def _local_request(self, req, body):
@@ -731,8 +731,18 @@ class Runner:
         self._tails.pop(r.name, None)
 
     # -- reload on file changes --------------------------------------------------
-    def _watched_files(self):
-        return [self.project.procfile_path, self.project.scale_file, *self.project.env_files]
+    async def _watch_files(self, startup, at_most=2.0):
+        """Watch for edits once the replicas are up, or after ``at_most`` seconds if
+        they take longer (watchdog's import and threads are CPU that booting replicas
+        can use); an edit saved before that is applied at once."""
+        await asyncio.wait([startup], timeout=at_most)
+        from .reloader import FileWatcher
+        self.watcher = FileWatcher(self.loop, self.project.watched_files, self._files_changed)
+        self.watcher.start()
+        missed = {path for path, stamp in self.project.stamps().items()
+                  if stamp != self.project.loaded_stamps[path]}
+        if missed:
+            self._files_changed(missed)
 
     def _files_changed(self, paths):
         if self.stopping.is_set():

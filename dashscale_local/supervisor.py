@@ -14,6 +14,7 @@ import getpass
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -223,6 +224,21 @@ class Supervisord:
                 process_group=0)
         finally:
             os.close(out)
+
+    def poke_when_up(self, timeout=15.0):
+        """Connect once, as soon as supervisord listens. Its loop runs autostarted
+        programs only when it first wakes, and without an event that is its 1 s tick. A
+        thread, so the runner's own imports meanwhile do not delay the replicas."""
+        def poke():
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.process.poll() is None:
+                try:
+                    with socket.socket(socket.AF_UNIX) as sock:
+                        sock.connect(self.socket)
+                    return
+                except OSError:  # not there yet, or a dead run's socket
+                    time.sleep(0.002)
+        threading.Thread(target=poke, name="supervisord-poke", daemon=True).start()
 
     def wait_up(self, timeout=15.0):
         """Poll until the RPC answers. A ServerProxy whose first call failed keeps

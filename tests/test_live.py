@@ -172,6 +172,16 @@ def test_procfile_edits_add_change_remove_types_without_failed_requests(dashscal
     assert loop.ok > 20
 
 
+def test_an_edit_saved_while_replicas_start_is_applied(dashscale, app_dir):
+    """Files are watched once the replicas are up; an edit saved before is not lost."""
+    slow_boot = "web: sleep 1.5 && exec gunicorn echo_app:app --workers 1\n"
+    run = dashscale(slow_boot, formation="web=1", wait=False)
+    wait_output(run, "starting web=1", 30)
+    (app_dir / "Procfile").write_text(slow_boot + "worker: python -c 'import time; time.sleep(1e6)'\n")
+    wait_for(lambda: run.replica("worker.1")["ready"], 30, message="worker.1 running")
+    assert "reload applied" in run.output()
+
+
 def test_env_change_rolls_every_type(dashscale, app_dir):
     (app_dir / ".env").write_text("COLOUR=red\n")
     run = dashscale(formation="web=2")
