@@ -306,7 +306,9 @@ def main(argv=None):
         log(f"replica ≈ {baseline / MiB:.0f} MiB PSS; limit {limit / MiB:.0f} MiB per replica")
         run = Run(project, None, "web=2")
         run.start(timeout=120)
-        st = run.status()
+        # fully set up (file watching starts once the replicas are up) before the
+        # "idle start" sample of the runner's fds
+        st = wait_for(lambda: (s := run.status())["watching"] and s, 30, message="watching")
         monitor = Monitor(run.process.pid, st["supervisord_pid"])
         monitor.start()
         chaos = Chaos(run, project, log)

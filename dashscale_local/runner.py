@@ -835,6 +835,7 @@ class Runner:
                       "balance": self.pool.policy},
             "procfile": self.project.procfile_path,
             "formation": dict(self.counts),
+            "watching": self.watcher is not None,  # live reload of file edits is on
             "runner_pid": os.getpid(),
             "supervisord_pid": self.sup.process.pid if self.sup and self.sup.process else None,
             "replicas": replicas,

@@ -180,6 +180,7 @@ def test_an_edit_saved_while_replicas_start_is_applied(dashscale, app_dir):
     (app_dir / "Procfile").write_text(slow_boot + "worker: python -c 'import time; time.sleep(1e6)'\n")
     wait_for(lambda: run.replica("worker.1")["ready"], 30, message="worker.1 running")
     assert "reload applied" in run.output()
+    assert run.status()["watching"] is True
 
 
 def test_env_change_rolls_every_type(dashscale, app_dir):
