@@ -15,6 +15,7 @@ from . import rundir
 from .config import number
 from .errors import UsageError
 from .formation import plan_replicas
+from .output import LogTail
 from .supervisor import Supervisord
 
 DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO)
@@ -23,14 +24,14 @@ DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPER
 class Launched:
     """What the launch leaves for the runner."""
 
-    def __init__(self, started, sup, listener, specs, services, autostart, log_offsets):
+    def __init__(self, started, sup, listener, specs, services, autostart, tails):
         self.started = started    # time.monotonic() when launch() began
         self.sup = sup            # the spawned Supervisord
         self.listener = listener  # the proxy's bound, listening socket
         self.specs = specs        # a ReplicaSpec per replica, each with its program written
         self.services = services  # services.Services, or None when none are configured
         self.autostart = autostart  # supervisord starts the replicas without being asked
-        self.log_offsets = log_offsets  # replica log sizes before this run wrote to them
+        self.tails = tails        # a LogTail per replica, from where its log ended
         self.spawned_at = time.monotonic()
 
 
@@ -69,16 +70,15 @@ def launch(project, settings, counts, out):
         autostart = services is None
         for spec in specs:
             write_replica_program(sup, project, spec, app_name, autostart)
-        # Earlier runs' lines stay in the logs (for `dashscale logs`); the runner prints
-        # from here on. Measured now: autostarted replicas may write before it looks.
-        log_offsets = {spec.name: _size(sup.log_path(spec.name)) for spec in specs}
+        # Taken now: autostarted replicas may write before the runner looks.
+        tails = {spec.name: LogTail.from_end(sup.log_path(spec.name)) for spec in specs}
         sup.start()
         if autostart:
             sup.poke_when_up()
     except OSError as exc:
         listener.close()
         give_up(sup, exc, project.run_dir)
-    return Launched(started, sup, listener, specs, services, autostart, log_offsets)
+    return Launched(started, sup, listener, specs, services, autostart, tails)
 
 
 def give_up(sup, exc, run_dir):
@@ -134,13 +134,6 @@ def write_replica_program(sup, project, spec, app_name, autostart=False):
     env.update(project.extra_env)
     sup.write_program(spec.name, spec.type, command, _launcher_env(env), project.directory,
                       autostart)
-
-
-def _size(path):
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
 
 
 def _launcher_env(env):

@@ -50,6 +50,17 @@ class LogTail:
         self.inode = None
         self.partial = b""
 
+    @classmethod
+    def from_end(cls, path):
+        """Follow ``path`` from where it ends now: earlier runs' lines stay in the file
+        (for `dashscale logs`) but are not printed again. A file that does not exist
+        yet is followed from its start."""
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = 0
+        return cls(path, from_start=True, offset=size)
+
     def read_lines(self):
         try:
             st = os.stat(self.path)

@@ -106,7 +106,7 @@ class Runner:
         self.sup, self.listener, self.services = launched.sup, launched.listener, launched.services
         self.autostart = launched.autostart
         for spec in launched.specs:
-            r = self._add_replica_object(spec, launched.log_offsets[spec.name])
+            r = self._add_replica_object(spec, launched.tails[spec.name])
             if launched.autostart:
                 r.spawned_at = launched.spawned_at
         for svc in self.services or ():  # a service's log outlives runs: show only this run's lines
@@ -247,16 +247,12 @@ class Runner:
         write_replica_program(self.sup, self.project, spec, self.app_name)
         return self._add_replica_object(spec)
 
-    def _add_replica_object(self, spec, log_offset=None):
+    def _add_replica_object(self, spec, tail=None):
         ptype = self.project.procfile.types[spec.type]
         r = Replica(spec, ptype.command)
         r.memory_limit = self.limits[spec.type]
         self.replicas[r.name] = r
-        # Follow the log from its current end: earlier runs' lines stay in the file
-        # (for `dashscale logs`) but are not printed again.
-        path = self.sup.log_path(r.name)
-        self._tails[r.name] = LogTail(path, from_start=True,
-                                      offset=_size(path) if log_offset is None else log_offset)
+        self._tails[r.name] = tail or LogTail.from_end(self.sup.log_path(r.name))
         return r
 
     def _add_and_start(self, names):
@@ -891,13 +887,6 @@ class Runner:
             tail = self._tails[r.name] = LogTail(self.sup.log_path(r.name), from_start=True)
         for line in tail.read_lines():
             self.out.line(r.name, line)
-
-
-def _size(path):
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
 
 
 def _empty(path):
