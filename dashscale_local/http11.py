@@ -663,13 +663,7 @@ class RequestParser:
         window = hs + self.max_header_bytes
         end = b.find(b"\r\n\r\n", pos + self._scan, window)
         if end < 0:
-            # stream the partial head to llhttp so that malformed bytes fail early
-            upto = n if n < window else window
-            if upto > pos + self._fed:
-                self._ll(b[pos + self._fed : upto])
-                self._fed = upto - pos
-            if n >= window:
-                raise ProtocolError(431, "request header section too large")
+            self._partial(b, pos, n, window, "request header section")
             self._scan = max(self._hs - 2, n - pos - 3)
             return ~pos
         return self._head_complete(b, pos, hs, end + 4, rl, events)
@@ -733,6 +727,16 @@ class RequestParser:
                 raise _bad("invalid authority in absolute-form target")
             norm = path if path.startswith(b"/") else b"/" + path
         return (method, norm, target, v, authority)
+
+    def _partial(self, b, pos, n, window, what):
+        """An incomplete head or trailer section: stream its new bytes to llhttp so that
+        malformed ones fail early; 431 once it reaches ``window`` without ending."""
+        upto = n if n < window else window
+        if upto > pos + self._fed:
+            self._ll(b[pos + self._fed : upto])
+            self._fed = upto - pos
+        if n >= window:
+            raise ProtocolError(431, f"{what} too large")
 
     def _head_complete(self, b, pos, hs, end, rl, events):
         if not _LLHTTP_STRICT:
@@ -984,12 +988,7 @@ class RequestParser:
         window = pos + self.max_header_bytes
         end = b.find(b"\r\n\r\n", pos + max(self._scan - 3, 0), window)
         if end < 0:
-            upto = n if n < window else window
-            if upto > pos + self._fed:
-                self._ll(b[pos + self._fed : upto])
-                self._fed = upto - pos
-            if n >= window:
-                raise ProtocolError(431, "trailer section too large")
+            self._partial(b, pos, n, window, "trailer section")
             self._scan = n - pos
             return ~pos
         return self._trailer_done(b, pos, end + 4, events)
