@@ -1,6 +1,7 @@
 """Settings: packaged defaults (conf/defaults.ini), then the project's dashscale.ini,
 then command-line options. Values stay strings here; each consumer parses its own."""
 import configparser
+import functools
 import os
 from importlib.util import find_spec
 
@@ -10,9 +11,11 @@ SECTION = "dashscale"
 PROJECT_FILE = "dashscale.ini"
 
 
+@functools.lru_cache(maxsize=None)
 def packaged_text(name):
-    """Text of a file shipped in conf/ (defaults and templates). A plain file read:
-    importlib.resources costs ~5 ms of imports on the start-up path."""
+    """Text of a file shipped in conf/ (defaults and templates), read once per run (the
+    program template is used for every replica). A plain file read: importlib.resources
+    costs ~5 ms of imports on the start-up path."""
     directory = find_spec("dashscale_local.conf").submodule_search_locations[0]
     with open(os.path.join(directory, name), encoding="utf-8") as f:
         return f.read()
