@@ -77,15 +77,22 @@ def stop(proc, marker):
         p.kill()
 
 
-def time_dashscale(n):
-    d = project_dir()
-    port, base = free_port(), free_port_block()
-    marker = f"bench-ds-{time.time()}"
+def time_until_answering(argv, d, marker, all_answer):
+    """Seconds from exec of ``argv`` in ``d`` until ``all_answer()``; then everything it
+    started is stopped and ``d`` removed."""
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "dashscale_local.cli", "start", "-m", f"web={n}",
-                             "--port", str(port), "--base-port", str(base)], cwd=d,
-                            env=env_with_marker(marker), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(argv, cwd=d, env=env_with_marker(marker), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(all_answer)
+        return time.monotonic() - t0
+    finally:
+        stop(proc, marker)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def time_dashscale(n):
+    port, base = free_port(), free_port_block()
     seen = set()
 
     def all_answer():
@@ -99,23 +106,15 @@ def time_dashscale(n):
             if len(seen) == n:
                 return True
         return False
-    try:
-        wait_until(all_answer)
-        return time.monotonic() - t0
-    finally:
-        stop(proc, marker)
-        shutil.rmtree(d, ignore_errors=True)
+    return time_until_answering(
+        [sys.executable, "-m", "dashscale_local.cli", "start", "-m", f"web={n}",
+         "--port", str(port), "--base-port", str(base)],
+        project_dir(), f"bench-ds-{time.time()}", all_answer)
 
 
 def time_honcho(n):
-    d = project_dir()
     base = free_port_block()
-    marker = f"bench-honcho-{time.time()}"
     honcho = shutil.which("honcho", path=os.path.dirname(sys.executable)) or "honcho"
-    t0 = time.monotonic()
-    proc = subprocess.Popen([honcho, "start", "-c", f"web={n}", "-p", str(base)], cwd=d,
-                            env=env_with_marker(marker), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     pending = set(range(base, base + n))
 
     def all_answer():
@@ -126,12 +125,8 @@ def time_honcho(n):
             except (OSError, http.client.HTTPException):
                 pass
         return not pending
-    try:
-        wait_until(all_answer)
-        return time.monotonic() - t0
-    finally:
-        stop(proc, marker)
-        shutil.rmtree(d, ignore_errors=True)
+    return time_until_answering([honcho, "start", "-c", f"web={n}", "-p", str(base)],
+                                project_dir(), f"bench-honcho-{time.time()}", all_answer)
 
 
 def main():
