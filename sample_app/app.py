@@ -71,13 +71,18 @@ app.layout = html.Div(
 )
 
 
+def _slow_bar(title):
+    """What every demo callback does: a slow computation, then a bar of two values."""
+    time.sleep(CALLBACK_SECONDS)
+    fig = px.bar(x=["a", "b"], y=[random.random(), random.random()])
+    fig.update_layout(title=title)
+    return fig
+
+
 def _make_graph_callback(i):
     @app.callback(Output(f"graph-{i}", "figure"), Input("btn", "n_clicks"))
     def update(n_clicks):
-        time.sleep(CALLBACK_SECONDS)
-        fig = px.bar(x=["a", "b"], y=[random.random(), random.random()])
-        fig.update_layout(title=f"graph {i} · {REPLICA} · click {n_clicks}")
-        return fig
+        return _slow_bar(f"graph {i} · {REPLICA} · click {n_clicks}")
 
     return update
 
@@ -98,10 +103,7 @@ def _make_background_callback(i):
         interval=250,
     )
     def update_in_background(n_clicks, _graph_id):
-        time.sleep(CALLBACK_SECONDS)
-        fig = px.bar(x=["a", "b"], y=[random.random(), random.random()])
-        fig.update_layout(title=f"background {i} · {REPLICA} (pid {os.getpid()}) · click {n_clicks}")
-        return fig
+        return _slow_bar(f"background {i} · {REPLICA} (pid {os.getpid()}) · click {n_clicks}")
 
     return update_in_background
 
