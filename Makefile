@@ -8,7 +8,8 @@ DEBIAN_PACKAGES := redis-server postgresql chromium chromium-driver nginx-light 
 
 .PHONY: demo test test-fast bench system-deps clean
 
-$(BIN)/.installed: setup.cfg pyproject.toml
+# pip also builds dashscale_local/_http11_fast.c (the proxy's C fast path) in place.
+$(BIN)/.installed: setup.cfg setup.py pyproject.toml dashscale_local/_http11_fast.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

@@ -10,6 +10,7 @@ one process on one event loop, so that is the like-for-like comparison; generate
 benchmarks/nginx.conf.tmpl) and (b) ``python -m dashscale_local.proxy`` (uvloop) in front
 of them; ``wrk -t1 -cC -dDs --latency`` on ``/``, alternating which one goes first each
 round; medians of the rounds. Also the CPU time each proxy process spent per request.
+``--compare-pure`` adds (c) the same proxy with http11's C fast path turned off.
 
 Memory: RSS of the proxy process with 500 open keep-alive client connections (each has
 served one request), next to nginx's worker.
@@ -116,12 +117,17 @@ def start_nginx(procs, tmp, port, backends, log):
     return p
 
 
-def start_dashscale(procs, port, backends, log, balance="round-robin", loop="uvloop"):
+def start_dashscale(procs, port, backends, log, balance="round-robin", loop="uvloop",
+                    pure=False):
     cmd = [sys.executable, "-m", "dashscale_local.proxy", "--port", str(port),
            "--balance", balance, "--loop", loop]
     for b in backends:
         cmd += ["--backend", f"127.0.0.1:{b}"]
-    p = procs.start(cmd, cwd=REPO, stdout=log, stderr=log)
+    env = dict(os.environ)
+    env.pop("DASHSCALE_HTTP11_PURE", None)
+    if pure:
+        env["DASHSCALE_HTTP11_PURE"] = "1"  # http11 without its C fast path
+    p = procs.start(cmd, cwd=REPO, stdout=log, stderr=log, env=env)
     wait_port(port, proc=p)
     return p
 
@@ -187,6 +193,10 @@ def throughput(args, procs, tmp, log, replicas):
     nginx = start_nginx(procs, tmp, ng_port, replicas, log)
     ds = start_dashscale(procs, ds_port, replicas, log, loop=args.loop)
     targets = {"nginx": (ng_port, worker_process(nginx)), "dashscale": (ds_port, worker_process(ds))}
+    if args.compare_pure:
+        py_port = free_port()
+        py = start_dashscale(procs, py_port, replicas, log, loop=args.loop, pure=True)
+        targets["pure-py"] = (py_port, worker_process(py))
     for name, (port, _) in targets.items():  # warm up
         run_wrk(port, 2, args.connections)
     results = {name: [] for name in targets}
@@ -213,9 +223,16 @@ def throughput(args, procs, tmp, log, replicas):
             memory[name] = {"rss_idle_conns": proc.memory_info().rss, "rss_before": base}
             for s in socks:
                 s.close()
+    # Each round's own ratio (the two ran back to back), whose median cancels the drift
+    # of this shared machine between rounds.
+    paired = {name: {"rps": statistics.median(x["rps"] / n["rps"]
+                                              for x, n in zip(rs, results["nginx"])),
+                     "p50": statistics.median(x["p50"] / n["p50"]
+                                              for x, n in zip(rs, results["nginx"]))}
+              for name, rs in results.items() if name != "nginx"}
     procs.stop(nginx)
     procs.stop(ds)
-    return {"rounds": results, "median": summary, "memory": memory}
+    return {"rounds": results, "median": summary, "paired": paired, "memory": memory}
 
 
 async def _http_get(reader, writer, path):
@@ -299,6 +316,8 @@ def main(argv=None):
     ap.add_argument("--balance-duration", type=int, default=20)
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--compare-pure", action="store_true",
+                    help="also measure the proxy with http11 in pure Python (no C fast path)")
     args = ap.parse_args(argv)
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
@@ -318,13 +337,21 @@ def main(argv=None):
             ng, ds = med["nginx"], med["dashscale"]
             print()
             print(f"{'median':10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>11} {'errors':>7}")
-            for name in ("nginx", "dashscale"):
+            for name in med:
                 m = med[name]
                 print(f"{name:10} {m['rps']:8.0f} {m['p50'] * 1e3:8.2f} {m['p99'] * 1e3:8.2f} "
                       f"{m['cpu_us_per_req']:11.0f} {m['errors']:7.0f}")
             print(f"{'ratio':10} {ds['rps'] / ng['rps']:8.2f}x {ds['p50'] / ng['p50']:7.2f}x "
                   f"{ds['p99'] / ng['p99']:7.2f}x {ds['cpu_us_per_req'] / ng['cpu_us_per_req']:10.2f}x"
                   "   (dashscale / nginx; goals: req/s ≥ 0.85x, p50 ≤ 1.2x)")
+            for name, pr in res["paired"].items():
+                print(f"{name:10} median of the rounds' own ratios: req/s {pr['rps']:.2f}x, "
+                      f"p50 {pr['p50']:.2f}x")
+            if "pure-py" in med:
+                py = med["pure-py"]
+                print(f"{'pure-py':10} {py['rps'] / ng['rps']:8.2f}x {py['p50'] / ng['p50']:7.2f}x "
+                      f"{py['p99'] / ng['p99']:7.2f}x {py['cpu_us_per_req'] / ng['cpu_us_per_req']:10.2f}x"
+                      "   (the proxy without http11's C fast path / nginx)")
             for name, m in res["memory"].items():
                 print(f"RSS {name:9} with {args.idle} open keep-alive connections: "
                       f"{m['rss_idle_conns'] / 2**20:6.1f} MiB (idle, none open: "

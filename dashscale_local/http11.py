@@ -125,6 +125,19 @@ never see a different message boundary than we do), and validates them strictly;
 header fields come from its ``on_header`` callbacks.  At import time the installed
 llhttp is probed with a few malformed heads; if it accepts any of them (older
 httptools), equivalent checks in Python are switched on.
+
+C fast path
+-----------
+``_http11_fast.c`` (built at install when a C compiler is there, else skipped) parses
+the common case in one call: a request head that arrives whole in one read, and a
+response head with Content-Length (or no body), whose body is then counted here without
+llhttp. It also prepares the header lines to forward. It only ever answers when it is
+certain to give what the Python path gives; anything else — every error, limit,
+absolute-form target, Transfer-Encoding, Upgrade, Expect, Via, obs-text, a field named
+in Connection — gets ``None`` and the Python path above, which stays the reference.
+``tests/test_http11_accel.py`` checks both paths against each other on the corpus and
+on generated heads, and every other http11 test runs on both. ``DASHSCALE_HTTP11_PURE=1``
+turns it off.
 """
 
 from __future__ import annotations
@@ -132,8 +145,20 @@ from __future__ import annotations
 import re
 from http import HTTPStatus
 
+import os
+
 from httptools import HttpRequestParser, HttpResponseParser
 from httptools.parser.errors import HttpParserError, HttpParserUpgrade
+
+# The C fast path for plain heads (_http11_fast.c): it answers only when it is sure to
+# give what the Python path gives, else None. Optional: without a C compiler at install
+# time, or with DASHSCALE_HTTP11_PURE=1, everything runs in Python.
+try:
+    from . import _http11_fast as fast
+except ImportError:  # pragma: no cover - depends on the install
+    fast = None
+if os.environ.get("DASHSCALE_HTTP11_PURE"):
+    fast = None
 
 __all__ = [
     "ProtocolError",
@@ -296,6 +321,7 @@ class Request:
         "content_length",
         "chunked",
         "expect_continue",
+        "forward",
     )
 
     def __init__(
@@ -313,6 +339,7 @@ class Request:
         content_length,
         chunked,
         expect_continue,
+        forward=None,
     ):
         self.method = method
         self.target = target
@@ -327,6 +354,9 @@ class Request:
         self.content_length = content_length
         self.chunked = chunked
         self.expect_continue = expect_continue
+        # the header lines build_upstream_request passes on (b"name: value\r\n"...),
+        # when the C fast path parsed the head; None: computed from ``headers``
+        self.forward = forward
 
     @property
     def has_body(self) -> bool:
@@ -340,7 +370,7 @@ class Request:
         return default
 
     def _key(self):
-        return tuple(getattr(self, s) for s in self.__slots__)
+        return tuple(getattr(self, s) for s in self.__slots__[:-1])  # not ``forward``
 
     def __eq__(self, other):
         return isinstance(other, Request) and self._key() == other._key()
@@ -532,6 +562,12 @@ class RequestParser:
         events = []
         buf = self._buf
         if st == _HEAD and not buf and data and data[0] != 13:  # not a leading CRLF
+            if fast is not None:
+                r = fast.parse_request_head(data, self.max_request_line,
+                                              self.max_header_bytes, self.max_headers,
+                                              self.max_body)
+                if r is not None:
+                    return self._plain_head(*r)
             # Fast path: ``data`` is exactly one whole head (a GET, typically). The
             # same steps as _head, minus the bookkeeping for a head split across feeds;
             # anything else (or anything _head would reject) takes the general path.
@@ -604,6 +640,22 @@ class RequestParser:
         return []
 
     # ----------------------------------------------------------------- helpers
+
+    def _plain_head(self, method, target, version, headers, host, conn, keep_alive, cl,
+                    forward):
+        """A head the C fast path parsed: no Transfer-Encoding, Upgrade or Expect, an
+        origin-form target (the same steps as the end of _head_complete)."""
+        req = Request(method, target, target, version, headers, host,
+                      _NO_TOKENS if conn is None else conn, keep_alive, False, None, cl,
+                      False, False, forward)
+        self._keep_alive = keep_alive
+        if cl:
+            self._state = _BODY
+            self._remaining = cl
+            return [req]
+        events = [req]
+        self._end(events)
+        return events
 
     def _fail(self, e):
         self._error = e
@@ -1015,6 +1067,26 @@ def _b(x) -> bytes:
     return x if x.__class__ is bytes else str(x).encode("latin-1")
 
 
+def _forward_fields(req, out):
+    """Append the client's end-to-end fields to ``out``; return its Via values or None."""
+    conn = req.connection
+    drop = _REQ_DROP if not conn else _REQ_DROP | (conn - _CONN_PROTECTED)
+    vias = None
+    for name, value in req.headers:
+        # a cheap first test: startswith parses its arguments on each call
+        if name in drop or (name[:1] == b"x" and name.startswith(_X_DROP)):
+            if name == b"via":
+                if vias is None:
+                    vias = [value]
+                else:
+                    vias.append(value)
+            continue
+        if 95 in name and _spoofs_dropped(name, drop):  # "_"
+            continue  # X_Forwarded_For: CGI-style servers read it as X-Forwarded-For
+        out += (name, b": ", value, b"\r\n")
+    return vias
+
+
 def build_upstream_request(
     req: Request,
     client_ip,
@@ -1048,21 +1120,12 @@ def build_upstream_request(
     if host is None:
         host = default_host
     out = [req.method, b" ", req.target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
-    conn = req.connection
-    drop = _REQ_DROP if not conn else _REQ_DROP | (conn - _CONN_PROTECTED)
-    vias = None
-    for name, value in req.headers:
-        # a cheap first test: startswith parses its arguments on each call
-        if name in drop or (name[:1] == b"x" and name.startswith(_X_DROP)):
-            if name == b"via":
-                if vias is None:
-                    vias = [value]
-                else:
-                    vias.append(value)
-            continue
-        if 95 in name and _spoofs_dropped(name, drop):  # "_"
-            continue  # X_Forwarded_For: CGI-style servers read it as X-Forwarded-For
-        out += (name, b": ", value, b"\r\n")
+    fwd = req.forward
+    if fwd is not None:
+        out.append(fwd)  # filtered by the C fast path, which leaves Via to Python
+        vias = None
+    else:
+        vias = _forward_fields(req, out)
     if req.chunked:
         if body_length is None:
             out.append(b"transfer-encoding: chunked\r\n")
@@ -1166,6 +1229,7 @@ class ResponseParser:
         "_head_bytes",
         "_done",
         "_error",
+        "_remaining",
     )
 
     # Not used; None rather than missing (see _Sink): one parser is made per response.
@@ -1182,9 +1246,11 @@ class ResponseParser:
         self._head_bytes = 0
         self._done = False
         self._error = None
-        # NB: the httptools parser holds bound methods of self (a reference cycle);
-        # it is dropped as soon as the exchange is over.
-        self._p = HttpResponseParser(self)
+        self._remaining = None  # Content-Length body bytes still due after a fast head
+        # The httptools parser, made on first use: not at all when the C fast path
+        # parses the head. NB: it holds bound methods of self (a reference cycle); it
+        # is dropped as soon as the exchange is over.
+        self._p = None
 
     @property
     def done(self) -> bool:
@@ -1197,9 +1263,20 @@ class ResponseParser:
             if self.response is not None and self.response.upgrade:
                 self.trailing_data += bytes(data)
             return []
+        if self._remaining is not None:
+            return self._counted(data)
+        p = self._p
+        if p is None:
+            if fast is not None and data.__class__ is bytes:
+                r = fast.parse_response_head(data, self.max_header_bytes)
+                if r is not None:
+                    events = self._plain_head(data, *r)
+                    if events is not None:
+                        return events
+            p = self._p = HttpResponseParser(self)
         events = self._events = []
         try:
-            self._p.feed_data(data)
+            p.feed_data(data)
         except HttpParserUpgrade as e:
             off = e.args[0] if e.args else len(data)
             self.trailing_data = bytes(data[off:])
@@ -1234,6 +1311,52 @@ class ResponseParser:
             return [END]
         self._error = ProtocolError(502, "upstream closed the connection mid-response")
         raise self._error
+
+    def _plain_head(self, data, status, reason, version, headers, conn, cl, forward, end):
+        """A head the C fast path parsed (final status, no Transfer-Encoding): the same
+        Response as on_headers_complete, and the body counted here, without llhttp."""
+        method = self.request_method
+        if status == 204 or status == 304 or method == b"HEAD":
+            framing = FRAMING_NONE
+        elif cl is not None:
+            framing = FRAMING_LENGTH
+        else:
+            return None  # read until close: left to llhttp
+        if conn is None:
+            conn = _NO_TOKENS
+        if method == b"HEAD":
+            keep_alive = False
+        elif version == "1.1":
+            keep_alive = b"close" not in conn
+        else:
+            keep_alive = b"keep-alive" in conn
+        resp = self.response = Response(status, reason, version, headers, conn, framing,
+                                        cl, keep_alive, False, forward)
+        if framing == FRAMING_NONE:
+            self._done = True
+            return [resp, END]
+        avail = len(data) - end
+        if avail >= cl:
+            self._done = True
+            if cl:
+                return [resp, data[end : end + cl], END]
+            return [resp, END]
+        self._remaining = cl - avail
+        if avail:
+            return [resp, data[end:]]
+        return [resp]
+
+    def _counted(self, data):
+        rem = self._remaining
+        n = len(data)
+        if n < rem:
+            if not n:
+                return []
+            self._remaining = rem - n
+            return [data if data.__class__ is bytes else bytes(data)]
+        self._remaining = None
+        self._done = True
+        return [bytes(data[:rem]) if n > rem or data.__class__ is not bytes else data, END]
 
     # httptools callbacks ----------------------------------------------------
     def on_status(self, data):

@@ -144,6 +144,8 @@ _NONE, _IDLE, _HEADER, _BODY = 0, 1, 2, 3
 _CONNECT, _READ, _SEND, _TUNNEL = 1, 2, 3, 4
 
 _REPLICA_HEADER = b"X-Dashscale-Replica"
+_REPLICA_LINES = {}  # label → b"X-Dashscale-Replica: web.1\r\n"
+_MAX_RESPONSE_HEAD = 65536
 _VIA = b"1.1 dashscale"
 
 COUNTERS = ("connections", "connections_refused", "requests", "local_requests", "rejected",
@@ -675,7 +677,6 @@ class Upstream(asyncio.Protocol):
         req = self.req
         body = self.body
         self.body = None
-        self.parser = http11.ResponseParser(req.method)
         self.kind = _READ
         self.deadline = self.loop.time() + self.settings.read_timeout
         head = http11.build_upstream_request(
@@ -694,10 +695,34 @@ class Upstream(asyncio.Protocol):
             return
         if self.done:
             return
+        parser = self.parser
+        if parser is None:  # the first bytes of the response
+            req = self.req
+            fast = http11.fast
+            if fast is not None and data.__class__ is bytes:
+                # The usual case, a whole plain response in one read, relayed in one C
+                # call: the same bytes as ResponseParser + _relay (tests/test_http11_accel.py).
+                label = self.backend.label
+                line = _REPLICA_LINES.get(label)
+                if line is None:
+                    line = _REPLICA_LINES[label] = b"%s: %s\r\n" % (_REPLICA_HEADER, label)
+                r = fast.client_response(data, req.method == b"HEAD", req.keep_alive,
+                                         req.http_version == "1.1", line, _MAX_RESPONSE_HEAD)
+                if r is not None:
+                    self.status, out = r
+                    self.keep_alive = req.keep_alive
+                    self.chunked = False
+                    self.head_sent = True
+                    client = self.client
+                    if not client.closing:
+                        client.transport.write(out)
+                    self._finish()
+                    return
+            parser = self.parser = http11.ResponseParser(req.method, _MAX_RESPONSE_HEAD)
         if self.kind == _READ:
             self.deadline = self.loop.time() + self.settings.read_timeout
         try:
-            events = self.parser.feed(data)
+            events = parser.feed(data)
         except ProtocolError as exc:
             if exc.events:
                 self._relay(exc.events)
@@ -783,7 +808,7 @@ class Upstream(asyncio.Protocol):
         if self.done:
             return
         try:
-            events = self.parser.feed_eof()
+            events = (self.parser or http11.ResponseParser(self.req.method)).feed_eof()
         except ProtocolError:
             events = None
         if events:
@@ -1081,7 +1106,8 @@ def main(argv=None):
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         print(f"proxy on http://{args.host}:{args.port} → {len(args.backend)} backend(s), "
-              f"{args.balance}, pid {os.getpid()}", flush=True)
+              f"{args.balance}, pid {os.getpid()}, HTTP heads parsed by "
+              f"{'the C fast path' if http11.fast else 'pure Python'}", flush=True)
         await stop.wait()
         await proxy.close()
 

@@ -34,3 +34,16 @@ def dashscale(app_dir):
     for run in runs:
         leftovers += run.stop()
     assert not leftovers, f"processes left behind after stop: {leftovers}"
+
+
+@pytest.fixture(params=["c", "python"])
+def http11_path(request, monkeypatch):
+    """Run a test on both paths of http11: with the C fast path for plain heads (what
+    the proxy uses) and on pure Python (the reference, and the fallback without a
+    compiler)."""
+    from dashscale_local import http11
+    if request.param == "python":
+        monkeypatch.setattr(http11, "fast", None)
+    elif http11.fast is None:
+        pytest.skip("the C fast path is not built (DASHSCALE_HTTP11_PURE or no compiler)")
+    return request.param

@@ -21,6 +21,9 @@ from dashscale_local.http11 import (
     error_response,
 )
 
+# Every test runs on the C fast path and on pure Python (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("http11_path")
+
 # ----------------------------------------------------------------------------- helpers
 
 

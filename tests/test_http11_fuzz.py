@@ -8,6 +8,7 @@
     was parsed.
 """
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +23,9 @@ from dashscale_local.http11 import (
     build_upstream_request,
     encode_chunk,
 )
+
+# Every test runs on the C fast path and on pure Python (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("http11_path")
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -1,0 +1,10 @@
+"""Only for the optional C fast path of the HTTP parser; everything else is in setup.cfg.
+
+``optional=True``: without a C compiler the install still succeeds and http11 uses its
+pure-Python path (the same results, slower; ``dashscale doctor``-style checks and the
+tests say which one is in use).
+"""
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("dashscale_local._http11_fast",
+                             ["dashscale_local/_http11_fast.c"], optional=True)])
