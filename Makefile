@@ -6,7 +6,7 @@ PORT ?= 8050
 # Debian packages the tests and benchmarks use (real servers and a real browser).
 DEBIAN_PACKAGES := redis-server postgresql chromium chromium-driver nginx-light wrk
 
-.PHONY: demo test test-fast bench system-deps clean
+.PHONY: demo test test-fast bench fuzz-c system-deps clean
 
 # pip also builds dashscale_local/_http11_fast.c (the proxy's C fast path) in place.
 $(BIN)/.installed: setup.cfg setup.py pyproject.toml dashscale_local/_http11_fast.c
@@ -45,3 +45,13 @@ bench: $(BIN)/.installed system-deps
 
 clean:
 	rm -rf $(VENV) .dashscale
+
+# The C fast path of the proxy's parser under AddressSanitizer + UBSan, fuzzed for 60 s.
+fuzz-c: $(BIN)/.installed
+	set -e; d=$$(mktemp -d); \
+	inc=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
+	gcc -shared -fPIC -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+	  -I$$inc dashscale_local/_http11_fast.c -o $$d/_http11_fast.so; \
+	PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0 \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  $(BIN)/python tests/fuzz_http11_fast.py $$d/_http11_fast.so 60; rm -rf $$d
