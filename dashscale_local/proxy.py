@@ -70,45 +70,36 @@ connect evicts at once; a connect that times out (backlog full) evicts after 3 i
 Without an owner for re-probing (standalone proxy), the checker re-probes failed backends
 itself with back-off (0.1 s doubling to 2 s).
 
-Speed (benchmarks/bench_proxy.py; profiled with py-spy --native, strace -c, perf, and
-valgrind --tool=callgrind on the standalone proxy for a fixed number of requests — an
+Speed (benchmarks/bench_proxy.py; profiled with py-spy, strace -c, perf, and valgrind
+--tool=callgrind on the standalone proxy for a fixed number of requests — an
 instruction count per request that, unlike req/s on this shared 2-core machine, does not
 move with other load): per request the proxy makes about as many syscalls as nginx
-(≈14 vs 12: socket, connect, getsockopt, write, read ×2, writev, close, epoll…) and
-spends as much system time (≈75-85 µs); the gap is user time, ≈60 µs vs nginx's ≈15.
-Half of it is what any uvloop + httptools relay costs (a bare 40-line httptools relay,
-no checks, runs ≈87k user-space instructions per request, uvloop's per-transport
-bookkeeping included); the other half is the Python of http11 and this module. What is
-done about it:
-no Task per request — the ``create_connection`` coroutine is driven by hand from its
-future's done-callback (``Upstream._step``), so the connect syscall is made at once; no
-timer per request (the sweeper); a bodiless request that arrives whole goes straight to
-``_dispatch`` (no queue), and a response that arrives whole (``[Response, body, END]``)
-is relayed without the event loop of ``_relay``; http11 parses a feed that is exactly
-one head without its split-head bookkeeping, and handles the response fields in one
-pass that also prepares the lines to forward; the request (head + buffered body) is
-written from ``connection_made`` (``writelines`` → one writev), the response head and
-first body bytes in one write; byte-string replica names and client address
-precomputed; ``__slots__`` on the per-connection objects. CPython traps found with
-callgrind and avoided on the hot path: ``bytes in bytes`` first tries the left operand
-as an int and raises+clears a TypeError (≈1.8k instructions; single bytes are tested as
-ints: ``35 in target``), ``bytes.translate(None, chars)`` builds a 256-byte table per
-call (``isdigit`` for Content-Length, a small cache of Host values already validated),
-``startswith``/``find`` parse their arguments on every call (a one-byte test first),
-and httptools looks up every callback with ``getattr`` per parser, so a missing one
-raised an AttributeError per response (unused callbacks are ``None``). Together:
-189k → 164k instructions per request (callgrind, 2 sequential clients), ≈10 µs of user
-time. ``--rounds 5``, same hour: before 0.75× nginx req/s, p50 1.35×, 157 vs 89 µs CPU
-per request; after 0.81×/1.25× and 0.81×/1.24×, 135 vs 81 µs (runs of the same code
-differ by up to ±0.04 on this machine). Tried and measured as no
-gain: a C-level (map/compress/join) filter of response fields (slower than one Python
-loop for 5 fields); the cyclic GC is not worth touching (≈0.2 µs per request);
-raw non-blocking sockets with add_reader/add_writer instead of uvloop transports
-(slower), RST instead of FIN towards the replica, a regex fast path for response heads
-(slower than llhttp), libuv without io_uring. What is left is spread thin (≈2000
-bytecodes per request over ~40 functions, ≈9 httptools callbacks, 2 parsers, 4 objects
-with slots); the ≥0.85× goal would need user time near the bare relay's, i.e. most of
-the remaining Python gone. Run standalone:
+(≈13 vs 11: socket, connect, getsockopt, write ×2, read ×2, close, epoll…; uvloop adds
+getsockname, getpeername and TCP_NODELAY per connection) and spends as much system time
+(≈70-80 µs); the gap is user time. A bare 40-line httptools relay on uvloop, no checks,
+runs ≈87k user-space instructions per request. What is done about the rest:
+http11's C fast path (``_http11_fast.c``, see http11's docstring) parses a plain request
+head in one call, with the header lines to forward already filtered, and turns a whole
+plain response that arrives in one read straight into the bytes for the client
+(``Upstream.data_received``: no ResponseParser, no Response, no head builder); no Task
+per request — the ``create_connection`` coroutine is driven by hand from its future's
+done-callback (``Upstream._step``), so the connect syscall is made at once; no timer per
+request (the sweeper); a bodiless request that arrives whole goes straight to
+``_dispatch`` (no queue); the request (head + buffered body) is written from
+``connection_made`` (``writelines`` → one writev); byte-string replica names and client
+address precomputed; ``__slots__`` on the per-connection objects. In the Python path
+(anything the C path declines, or no compiler), CPython traps found with callgrind are
+avoided: ``bytes in bytes`` first tries the left operand as an int and raises+clears a
+TypeError, ``bytes.translate(None, chars)`` builds a 256-byte table per call,
+``startswith``/``find`` parse their arguments on every call, and httptools looks up every
+callback with ``getattr`` per parser (unused callbacks are ``None``). Callgrind, 2
+sequential clients: 189k instructions per request before that work, 165k in pure
+Python, 94k with the C fast path. Tried and measured as no gain: a C-level
+(map/compress/join) filter of response fields, tuning the cyclic GC (≈0.2 µs per
+request), raw non-blocking sockets with add_reader/add_writer instead of uvloop
+transports (slower), RST instead of FIN towards the replica, a regex for response heads
+(slower than llhttp), libuv without io_uring. What is left is spread thin: ≈850 bytecodes
+per request over ~25 functions, and uvloop's own per-connection work. Run standalone:
 ``python -m dashscale_local.proxy --backend 127.0.0.1:5006 --backend 127.0.0.1:5007
 --port 8050``.
 """
