@@ -10,9 +10,9 @@
  * generated heads, that both give the same result whenever this one answers.
  *
  * parse_request_head(data, max_request_line, max_header_bytes, max_headers, max_body)
- *   data must be exactly one request head (ending with its CRLF CRLF).
+ *   data: the start of a request (its head, and maybe body bytes and more requests).
  *   -> (method, target, version, headers, host, connection, keep_alive,
- *       content_length, forward) or None
+ *       content_length, forward, head_length) or None
  *   forward: the header lines build_upstream_request passes on (b"name: value\r\n"...).
  *
  * parse_response_head(data, max_header_bytes)
@@ -346,7 +346,7 @@ parse_request_head(PyObject *self, PyObject *args)
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
     Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0;
 
-    if (n < 16 || memcmp(p + n - 4, "\r\n\r\n", 4) != 0)
+    if (n < 16)
         Py_RETURN_NONE;
     /* request line: method SP origin-form SP HTTP/1.x CRLF */
     while (pos < 8 && p[pos] >= 'A' && p[pos] <= 'Z')
@@ -355,7 +355,7 @@ parse_request_head(PyObject *self, PyObject *args)
     if (method == NULL || p[pos] != ' ' || p[pos + 1] != '/')
         Py_RETURN_NONE;
     Py_ssize_t ts = ++pos;
-    while (TARGET[p[pos]])
+    while (pos < n && TARGET[p[pos]])
         pos++;
     Py_ssize_t te = pos;
     if (p[pos] != ' ' || n - pos < 11 || memcmp(p + pos + 1, "HTTP/1.", 7) != 0
@@ -366,11 +366,16 @@ parse_request_head(PyObject *self, PyObject *args)
     if (pos + 9 > max_request_line)
         Py_RETURN_NONE;
     Py_ssize_t hs = pos + 11;  /* first field line */
-    if (n > hs + max_header_bytes)
+    /* the head ends at the first CRLF CRLF from the request line's CRLF on, within
+     * max_header_bytes of the field lines (as RequestParser looks for it) */
+    Py_ssize_t limit = hs + max_header_bytes < n ? hs + max_header_bytes : n;
+    const char *e = memmem(p + hs - 2, limit - (hs - 2), "\r\n\r\n", 4);
+    if (e == NULL)
         Py_RETURN_NONE;
+    Py_ssize_t end = (const unsigned char *)e - p + 4;
 
     section s = {0};
-    int ok = parse_fields(p, hs, n, 1, max_headers, &s, NULL);
+    int ok = parse_fields(p, hs, end, 1, max_headers, &s, NULL);
     if (ok <= 0)
         goto bail;
     if (s.nhost > 1 || (s.nhost == 0 && v11) || s.cl > max_body)
@@ -383,8 +388,9 @@ parse_request_head(PyObject *self, PyObject *args)
     PyObject *result = NULL;
     if (conn && target && cl) {
         int keep_alive = v11 ? !s.conn_close : s.conn_keep_alive;
-        result = Py_BuildValue("(OOOOOOOOO)", method, target, v11 ? V11 : V10, s.headers,
-                               host, conn, keep_alive ? Py_True : Py_False, cl, s.forward);
+        result = Py_BuildValue("(OOOOOOOOOn)", method, target, v11 ? V11 : V10, s.headers,
+                               host, conn, keep_alive ? Py_True : Py_False, cl, s.forward,
+                               end);
     }
     Py_XDECREF(conn);
     Py_XDECREF(target);

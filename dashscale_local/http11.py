@@ -567,7 +567,15 @@ class RequestParser:
                                               self.max_header_bytes, self.max_headers,
                                               self.max_body)
                 if r is not None:
-                    return self._plain_head(*r)
+                    end = r[9]
+                    events = self._plain_head(*r[:9])
+                    if end < len(data):  # a body, or the next request, in the same read
+                        try:
+                            events += self.feed(data[end:])
+                        except ProtocolError as e:
+                            e.events = events + e.events
+                            raise
+                    return events
             # Fast path: ``data`` is exactly one whole head (a GET, typically). The
             # same steps as _head, minus the bookkeeping for a head split across feeds;
             # anything else (or anything _head would reject) takes the general path.

@@ -349,13 +349,14 @@ class ClientConnection(asyncio.Protocol):
             self._reject(exc.status, exc.reason)
             return
         if events:
-            # The usual case, one whole bodiless request while nothing else is pending,
-            # goes straight to _dispatch; _take + _next would do the same, in more steps.
-            if (len(events) == 2 and not self.busy and self.current is None
-                    and not self.queue and events[1] is END):
+            # The usual case, one whole request (a GET, or a callback POST with its body)
+            # while nothing else is pending, goes straight to _dispatch; _take + _next
+            # would do the same, in more steps.
+            if (len(events) <= 3 and events[-1] is END and not self.busy
+                    and self.current is None and not self.queue):
                 req = events[0]
                 if req.__class__ is Request and not req.expect_continue:
-                    self._dispatch(req, [])
+                    self._dispatch(req, events[1:-1])
                     return
             self._take(events)
 
