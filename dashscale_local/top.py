@@ -226,9 +226,11 @@ def live(socket_path, status, interval=1.0):
     def on_term(signum, frame):
         raise SystemExit(0)
 
+    # SIGINT too: a process started in the background of a non-interactive shell
+    # inherits it ignored, and Python then leaves it ignored; Ctrl-C must still quit.
     old_handlers = {sig: signal.signal(sig, h) for sig, h in
                     ((signal.SIGWINCH, on_winch), (signal.SIGTERM, on_term),
-                     (signal.SIGHUP, on_term))}
+                     (signal.SIGHUP, on_term), (signal.SIGINT, signal.default_int_handler))}
     error = None
     try:
         tty.setcbreak(fd_in)          # keys unbuffered, no echo; ISIG kept for Ctrl-C
