@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8050
 # Debian packages the tests and benchmarks use (real servers and a real browser).
-DEBIAN_PACKAGES := redis-server postgresql chromium chromium-driver nginx-light wrk
+DEBIAN_PACKAGES := redis-server postgresql chromium chromium-driver nginx-light wrk valgrind
 
 .PHONY: demo test test-fast bench fuzz-c system-deps clean
 
@@ -38,7 +38,8 @@ test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
 # Every benchmark, one after another (about 20 minutes; the soak alone is 10).
-BENCHMARKS := bench_startup.py bench_demo.py bench_proxy.py bench_memory_guard.py \
+BENCHMARKS := bench_startup.py bench_demo.py bench_proxy.py bench_proxy_instructions.py \
+	bench_memory_guard.py \
 	bench_reload.py bench_background.py bench_http11.py soak.py
 bench: $(BIN)/.installed system-deps
 	set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(BIN)/python benchmarks/$$b; done

@@ -1125,10 +1125,20 @@ def build_upstream_request(
       ``Connection: Upgrade`` and its ``Upgrade`` value.
     """
     host = req.host
+    fwd = req.forward
+    if (fwd is not None and not keep_alive and client_ip.__class__ is bytes
+            and proto.__class__ is bytes and via.__class__ is bytes):
+        # A head the C fast path parsed (fields filtered, no Via, not chunked, no
+        # upgrade), as the proxy forwards it: the same bytes as below, in one step.
+        cl = req.content_length
+        return (b"%b %b HTTP/1.1\r\nhost: %b\r\n%b%bconnection: close\r\n"
+                b"x-forwarded-for: %b\r\nx-forwarded-proto: %b\r\n%bvia: %b\r\n\r\n") % (
+            req.method, req.target, default_host if host is None else host, fwd,
+            b"" if cl is None else b"content-length: %d\r\n" % cl, client_ip, proto,
+            b"x-forwarded-host: %b\r\n" % host if host else b"", via)
     if host is None:
         host = default_host
     out = [req.method, b" ", req.target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
-    fwd = req.forward
     if fwd is not None:
         out.append(fwd)  # filtered by the C fast path, which leaves Via to Python
         vias = None
