@@ -60,49 +60,40 @@ starts(const char *low, Py_ssize_t n, const char *lit)
     return n >= k && memcmp(low, lit, k) == 0;
 }
 
+/* Names both directions treat alike: framing and hop-by-hop fields (http11._HOP_BY_HOP
+ * but Upgrade), a field that Connection could name, and X-Dashscale-*. */
+static int
+hop_kind(const char *low, Py_ssize_t n)
+{
+    if (name_is(low, n, "content-length"))
+        return H_CL;
+    if (name_is(low, n, "connection"))
+        return H_CONN;
+    if (name_is(low, n, "transfer-encoding") || name_is(low, n, "close"))
+        return H_BAIL;
+    if (name_is(low, n, "keep-alive") || name_is(low, n, "proxy-connection")
+            || name_is(low, n, "te") || name_is(low, n, "trailer")
+            || starts(low, n, "x-dashscale-"))
+        return H_DROP;
+    return H_OTHER;
+}
+
 /* Request header names (http11._REQ_DROP and friends). */
 static int
 request_kind(const char *low, Py_ssize_t n)
 {
     if (memchr(low, '_', n))
         return H_BAIL;  /* CGI-style spoofing rules live in Python */
-    switch (low[0]) {
-    case 'c':
-        if (name_is(low, n, "content-length")) return H_CL;
-        if (name_is(low, n, "connection")) return H_CONN;
-        if (name_is(low, n, "close")) return H_BAIL;  /* could be named in Connection */
-        break;
-    case 'e':
-        if (name_is(low, n, "expect")) return H_BAIL;
-        break;
-    case 'f':
-        if (name_is(low, n, "forwarded")) return H_DROP;
-        break;
-    case 'h':
-        if (name_is(low, n, "host")) return H_HOST;
-        break;
-    case 'k':
-        if (name_is(low, n, "keep-alive")) return H_DROP;
-        break;
-    case 'p':
-        if (name_is(low, n, "proxy-connection")) return H_DROP;
-        break;
-    case 't':
-        if (name_is(low, n, "te") || name_is(low, n, "trailer")) return H_DROP;
-        if (name_is(low, n, "transfer-encoding")) return H_BAIL;
-        break;
-    case 'u':
-        if (name_is(low, n, "upgrade")) return H_BAIL;
-        break;
-    case 'v':
-        if (name_is(low, n, "via")) return H_BAIL;
-        break;
-    case 'x':
-        if (starts(low, n, "x-forwarded-") || starts(low, n, "x-dashscale-")
-                || name_is(low, n, "x-real-ip"))
-            return H_DROP;
-        break;
-    }
+    int kind = hop_kind(low, n);
+    if (kind != H_OTHER)
+        return kind;
+    if (name_is(low, n, "host"))
+        return H_HOST;
+    if (name_is(low, n, "expect") || name_is(low, n, "upgrade") || name_is(low, n, "via"))
+        return H_BAIL;
+    if (name_is(low, n, "forwarded") || name_is(low, n, "x-real-ip")
+            || starts(low, n, "x-forwarded-"))
+        return H_DROP;
     return H_OTHER;
 }
 
@@ -110,30 +101,10 @@ request_kind(const char *low, Py_ssize_t n)
 static int
 response_kind(const char *low, Py_ssize_t n)
 {
-    switch (low[0]) {
-    case 'c':
-        if (name_is(low, n, "content-length")) return H_CL;
-        if (name_is(low, n, "connection")) return H_CONN;
-        if (name_is(low, n, "close")) return H_BAIL;
-        break;
-    case 'k':
-        if (name_is(low, n, "keep-alive")) return H_DROP;
-        break;
-    case 'p':
-        if (name_is(low, n, "proxy-connection")) return H_DROP;
-        break;
-    case 't':
-        if (name_is(low, n, "te") || name_is(low, n, "trailer")) return H_DROP;
-        if (name_is(low, n, "transfer-encoding")) return H_BAIL;
-        break;
-    case 'u':
-        if (name_is(low, n, "upgrade")) return H_DROP;
-        break;
-    case 'x':
-        if (starts(low, n, "x-dashscale-")) return H_DROP;
-        break;
-    }
-    return H_OTHER;
+    int kind = hop_kind(low, n);
+    if (kind == H_OTHER && name_is(low, n, "upgrade"))
+        return H_DROP;
+    return kind;
 }
 
 /* The parsed header section. */
