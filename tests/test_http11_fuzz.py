@@ -9,7 +9,7 @@
 """
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dashscale_local.http11 import (
@@ -161,10 +161,15 @@ def valid_requests(draw):
 def end_to_end(req):
     """The header fields a proxy must forward unchanged (lower-case name, value)."""
     conn = req.connection
+
+    def dropped(n):
+        return (n in HOP or n.startswith(b"x-forwarded-") or n.startswith(b"x-dashscale-")
+                or (n in conn and n not in (b"host", b"content-length")))
+
+    # X_Forwarded_For, Keep_Alive...: a CGI-style server would read them as the dashed
+    # field, so a name with "_" is dropped when its dashed form is.
     return [(n, v) for n, v in req.headers
-            if n not in HOP and not n.startswith(b"x-forwarded-")
-            and not n.startswith(b"x-dashscale-")
-            and not (n in conn and n not in (b"host", b"content-length"))]
+            if not dropped(n) and not dropped(n.replace(b"_", b"-"))]
 
 
 # ------------------------------------------------------------------------- properties
@@ -217,6 +222,9 @@ def test_valid_requests_accepted_and_split_invariant(req_body, cuts):
 @FUZZ
 @given(valid_requests(), st.sampled_from(["127.0.0.1", "::1", "10.1.2.3"]),
        st.booleans(), st.booleans())
+# found by CI: an underscored name whose dashed form is dropped is dropped too
+@example((b"GET / HTTP/1.1\r\nHost: example.com\r\n0: \r\nKEEP_ALIVE: \r\n\r\n", b""),
+         "127.0.0.1", False, False)
 def test_forwarded_request_reparses_identically(req_body, client_ip, keep_alive, rechunk):
     raw, body = req_body
     events = RequestParser().feed(raw)
