@@ -142,10 +142,9 @@ turns it off.
 
 from __future__ import annotations
 
+import os
 import re
 from http import HTTPStatus
-
-import os
 
 from httptools import HttpRequestParser, HttpResponseParser
 from httptools.parser.errors import HttpParserError, HttpParserUpgrade
@@ -409,6 +408,13 @@ class _Sink:
 
     def on_message_complete(self):
         self.mc += 1
+
+
+def _persistent(version, conn_tokens) -> bool:
+    """RFC 9112 §9.3: HTTP/1.1 persists unless ``close``; HTTP/1.0 only with ``keep-alive``."""
+    if version == "1.1":
+        return b"close" not in conn_tokens
+    return b"keep-alive" in conn_tokens
 
 
 def _bad(reason: str) -> ProtocolError:
@@ -919,12 +925,7 @@ class RequestParser:
                 raise ProtocolError(417, "unsupported expectation")
             expect_continue = chunked or bool(cl)  # nothing to wait for without a body
 
-        if version == "1.1":
-            keep_alive = b"close" not in conn_tokens
-        else:
-            keep_alive = b"keep-alive" in conn_tokens
-        if upgrade:
-            keep_alive = False
+        keep_alive = not upgrade and _persistent(version, conn_tokens)
         self._keep_alive = keep_alive
 
         events.append(
@@ -1342,12 +1343,7 @@ class ResponseParser:
             return None  # read until close: left to llhttp
         if conn is None:
             conn = _NO_TOKENS
-        if method == b"HEAD":
-            keep_alive = False
-        elif version == "1.1":
-            keep_alive = b"close" not in conn
-        else:
-            keep_alive = b"keep-alive" in conn
+        keep_alive = method != b"HEAD" and _persistent(version, conn)
         resp = self.response = Response(status, reason, version, headers, conn, framing,
                                         cl, keep_alive, False, forward)
         if framing == FRAMING_NONE:
@@ -1446,12 +1442,8 @@ class ResponseParser:
             framing = FRAMING_LENGTH
         else:
             framing = FRAMING_CLOSE
-        if framing == FRAMING_CLOSE or upgrade or method == b"HEAD":
-            keep_alive = False
-        elif version == "1.1":
-            keep_alive = b"close" not in conn_tokens
-        else:
-            keep_alive = b"keep-alive" in conn_tokens
+        keep_alive = (framing != FRAMING_CLOSE and not upgrade and method != b"HEAD"
+                      and _persistent(version, conn_tokens))
         resp = self.response = Response(
             status, reason, version, headers, conn_tokens, framing, cl, keep_alive, upgrade,
             b"".join(fwd) if fwd is not None else None,

@@ -799,10 +799,12 @@ class Upstream(asyncio.Protocol):
             return
         if self.done:
             return
-        try:
-            events = (self.parser or http11.ResponseParser(self.req.method)).feed_eof()
-        except ProtocolError:
-            events = None
+        events = None
+        if self.parser is not None:  # else: closed before sending a byte
+            try:
+                events = self.parser.feed_eof()
+            except ProtocolError:
+                pass
         if events:
             self._relay(events)
         if not self.done:
