@@ -9,7 +9,8 @@ Routes
   GET  /_dashscale/               → the page (assets/index.html, strict CSP)
   GET  /_dashscale/dashboard.js, /_dashscale/dashboard.css
   GET  /_dashscale/api/status[?since=T] → ``Runner.status()`` plus ``dashboard`` (caps,
-                                    server time) and, with ``since``, ``memory_history``:
+                                    server time), ``replica_check`` (the last ``check
+                                    --replicas``, or null) and, with ``since``, ``memory_history``:
                                     the per-replica samples newer than T (epoch seconds)
   POST /_dashscale/api/scale      {"formation": {"web": 2}}  → Runner.scale
   POST /_dashscale/api/restart    {"target": "web.2", "rolling": false} → Runner.restart
@@ -180,6 +181,10 @@ def dashboard_status(runner, since=None):
         "history_interval": HISTORY_INTERVAL,
         "history_keep": HISTORY_KEEP,
     }
+    run_dir = getattr(runner, "run_dir", None)
+    if run_dir:  # the last `dashscale check --replicas`
+        from .replica_check import load
+        data["replica_check"] = load(run_dir)
     if since is not None:
         history = getattr(runner, "memory_history", None)
         data["memory_history"] = history.since(since) if history is not None else []

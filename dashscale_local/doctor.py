@@ -23,6 +23,10 @@ preload-shared-pool       warning  ``--preload`` (or ``preload_app = True``) and
 bind-all-interfaces       warning  binds 0.0.0.0 / [::] / ``:PORT``: reachable beyond loopback
 bind-fixed-port           warning  gunicorn binds a fixed port, not ``$PORT``: a second
                                    replica cannot bind it
+per-process-secret        warning  the web app sets a Flask ``secret_key``/``SECRET_KEY`` from
+                                   ``os.urandom``, ``secrets.token_*`` or ``uuid4`` at import:
+                                   each process signs sessions with its own key, so a session
+                                   is lost when the next request reaches another replica
 memory-projection         warning  ``--measure``: a replica's projected memory is over 80 %
                                    of its limit (or the web formation over 80 % of this
                                    machine's RAM)
@@ -319,6 +323,9 @@ class Doctor:
         if "$" not in script and not os.path.exists(os.path.join(self.directory, script)):
             self.add("error", "app-module-missing", pf, ptype.line,
                      f"{ptype.name}: {script} not found")
+        elif script.endswith(".py"):
+            path = os.path.join(self.directory, script)
+            self.check_secrets(ptype, path, [os.path.dirname(path)])
 
     # -- gunicorn -------------------------------------------------------------
     def check_gunicorn(self, ptype, args):
@@ -382,6 +389,7 @@ class Doctor:
                          "not installed)")
             elif found != "installed":
                 module_file = found
+        self.check_secrets(ptype, module_file, roots)
 
         # workers
         workers, where, source = setting("workers", "workers")
@@ -463,6 +471,29 @@ class Doctor:
     def scan_pools(self, module_file, roots, limit=MAX_SCANNED_MODULES):
         """(file, line, what, imported_by) for connection pools made at import time in
         ``module_file`` and the local modules it imports at module level."""
+        return [(self.shown(path), line, what, via)
+                for path, via, scanner in self.scan_import_time(module_file, roots,
+                                                                _ImportTimeScanner, limit)
+                for line, what in scanner.pools]
+
+    def check_secrets(self, ptype, module_file, roots):
+        """per-process-secret: the web app's session key drawn at import."""
+        if ptype.name != "web" or not module_file:
+            return
+        for path, via, scanner in self.scan_import_time(module_file, roots, _SecretScanner):
+            for line, what, fallback in scanner.secrets:
+                via_text = f" (imported by {via})" if via else ""
+                when = " when the variable is not set" if fallback else ""
+                self.add("warning", "per-process-secret", self.shown(path), line,
+                         f"the session secret key is {what}{via_text}{when}: each process "
+                         "draws its own, so a session signed by one replica (or gunicorn "
+                         "worker) is rejected by the next; read it from an environment "
+                         "variable set in .env / Dash Enterprise's app settings, e.g. "
+                         "server.secret_key = os.environ['SECRET_KEY']")
+
+    def scan_import_time(self, module_file, roots, scanner_class, limit=MAX_SCANNED_MODULES):
+        """(path, imported_by, scanner) for ``module_file`` and the local modules it
+        imports at module level, each walked by a ``scanner_class``."""
         results, seen, queue = [], set(), [(module_file, None)]
         while queue and len(seen) < limit:
             path, via = queue.pop(0)
@@ -475,10 +506,9 @@ class Doctor:
                     tree = ast.parse(f.read(), path)
             except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
                 continue
-            scanner = _ImportTimeScanner(path, roots)
+            scanner = scanner_class(path, roots)
             scanner.scan(tree.body)
-            for line, what in scanner.pools:
-                results.append((self.shown(path), line, what, via))
+            results.append((path, via, scanner))
             for imported in scanner.local_imports:
                 queue.append((imported, self.shown(path)))
         return results
@@ -591,6 +621,87 @@ class _ImportTimeScanner:
                         return
 
 
+RANDOM_CALLS = ("os.urandom", "secrets.token_bytes", "secrets.token_hex",
+                "secrets.token_urlsafe", "uuid.uuid4", "uuid.uuid1")
+ENV_READS = ("os.environ.get", "os.getenv", "os.environ.setdefault")
+
+
+class _SecretScanner(_ImportTimeScanner):
+    """Import-time assignments of a Flask session key from a per-process random value:
+    ``x.secret_key = …``, ``x.config["SECRET_KEY"] = …``, ``x.config.update(SECRET_KEY=…)``
+    (or a dict), ``SECRET_KEY = …`` (a config module), also through a module-level name
+    that holds such a value. ``secrets`` holds (line, what, only-as-env-fallback)."""
+
+    def __init__(self, path, roots):
+        super().__init__(path, roots)
+        self.secrets = []
+        self.random_names = {}  # module-level name -> the call that drew it
+
+    def scan(self, statements):
+        for node in statements:
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                self._assignment(node, targets, node.value)
+            elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+                self._config_update(node.value)
+            super().scan([node])
+
+    def _assignment(self, node, targets, value):
+        drawn = self._random(value)
+        for target in targets:
+            if isinstance(target, ast.Name) and drawn and target.id != "SECRET_KEY":
+                self.random_names[target.id] = drawn
+            elif drawn and _is_key_slot(target):
+                self.secrets.append((node.lineno, *drawn))
+
+    def _config_update(self, call):
+        if not (isinstance(call.func, ast.Attribute)
+                and call.func.attr in ("update", "from_mapping")):
+            return
+        values = [k.value for k in call.keywords if k.arg == "SECRET_KEY"]
+        for arg in call.args:
+            if isinstance(arg, ast.Dict):
+                values += [v for k, v in zip(arg.keys, arg.values)
+                           if isinstance(k, ast.Constant) and k.value == "SECRET_KEY"]
+        for value in values:
+            drawn = self._random(value)
+            if drawn:
+                self.secrets.append((call.lineno, *drawn))
+
+    def _random(self, expr, fallback=False):
+        """(what, fallback) when ``expr`` draws a per-process random value, else None."""
+        if isinstance(expr, ast.Name) and expr.id in self.random_names:
+            what, was_fallback = self.random_names[expr.id]
+            return f"{what} (via {expr.id})", was_fallback or fallback
+        if isinstance(expr, (ast.Lambda, ast.FunctionDef)):
+            return None
+        if isinstance(expr, ast.Call):
+            written, resolved = self._dotted(expr.func)
+            name = resolved or written
+            if name in RANDOM_CALLS or name in ("uuid4", "urandom"):  # (a star import)
+                return f"drawn by {name}() at import", fallback
+            if name in ENV_READS:
+                for arg in expr.args[1:]:
+                    found = self._random(arg, True)
+                    if found:
+                        return found
+                return None
+        for child in ast.iter_child_nodes(expr):
+            found = self._random(child, fallback)
+            if found:
+                return found
+        return None
+
+
+def _is_key_slot(target):
+    if isinstance(target, ast.Attribute):
+        return target.attr == "secret_key"
+    if isinstance(target, ast.Subscript):
+        key = target.slice
+        return isinstance(key, ast.Constant) and key.value == "SECRET_KEY"
+    return isinstance(target, ast.Name) and target.id == "SECRET_KEY"
+
+
 def _shown_cmd(command, width=50):
     return command if len(command) <= width else command[:width - 1] + "…"
 
@@ -656,6 +767,7 @@ def measure_replica(project, settings, counts, ptype_name="web", ready_timeout=N
             steady_timeout=15.0):
     """Start one replica of ``ptype_name``, measure it, stop it. Returns the measure dict;
     raises RuntimeError(message) when it does not come up."""
+    from .launch import system_env
     from .memory import make_backend
     from .testing import free_port
 
@@ -665,6 +777,7 @@ def measure_replica(project, settings, counts, ptype_name="web", ready_timeout=N
     name = f"{ptype_name}.1"
     with tempfile.TemporaryDirectory(prefix="dashscale-check-") as tmp:
         env = dict(os.environ)
+        env.update(system_env(project.directory, settings.get("app_name") or ""))
         env.update(project.env)
         bin_dir = os.path.dirname(sys.executable)
         env.update({"PORT": str(port), "DASHSCALE_REPLICA": name, "PYTHONUNBUFFERED": "1",
@@ -838,11 +951,19 @@ def print_text(report):
 @click.option("-m", "-c", "--formation", "formation", multiple=True,
               help="Formation for --measure's projection (default: the persisted one).")
 @click.option("--memory-limit", default=None, help="Limit for --measure's projection.")
-def check(procfile, as_json, measure, env_files, formation, memory_limit):
+@click.option("--replicas", "replicas", is_flag=True,
+              help="Live: compare what the running web replicas serve (layout, callbacks, "
+                   "session cookies); exit 1 when they differ.")
+def check(procfile, as_json, measure, env_files, formation, memory_limit, replicas):
     """Check the Procfile and the app: errors and warnings with file and line.
-    Exit 0 without errors, 2 with errors, 1 when --measure failed to run the app."""
+    Exit 0 without errors, 2 with errors, 1 when --measure failed to run the app.
+    With --replicas: 0 when the running replicas agree, 1 when they do not."""
     from .config import load_settings
     from .project import Project
+
+    if replicas:
+        from .replica_check import run
+        sys.exit(run(os.path.abspath(procfile), as_json, click.echo))
 
     shown = procfile
     report = Report(shown)

@@ -8,6 +8,7 @@ benchmark (benchmarks/bench_startup.py).
 """
 import errno
 import os
+import re
 import sys
 import time
 
@@ -114,7 +115,8 @@ def write_replica_program(sup, project, spec, app_name, autostart=False):
     and the environment it runs with."""
     command = project.procfile.types[spec.type].command
     env = dict(os.environ)
-    env.update(project.env)
+    env.update(system_env(project.directory, app_name))
+    env.update(project.env)  # .env wins over DE's system variables
     bin_dir = os.path.dirname(sys.executable)
     env.update({
         "PORT": str(spec.port), "DASHSCALE_REPLICA": spec.name, "PYTHONUNBUFFERED": "1",
@@ -126,14 +128,27 @@ def write_replica_program(sup, project, spec, app_name, autostart=False):
     os.makedirs(os.path.dirname(runtime_dir), mode=0o700, exist_ok=True)  # rt/ too
     os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
     env["XDG_RUNTIME_DIR"] = runtime_dir
-    if app_name:
-        # Dash Enterprise serves an app under /NAME/; Dash reads these at start.
-        prefix = f"/{app_name}/"
-        env.update({"DASH_APP_NAME": app_name, "DASH_REQUESTS_PATHNAME_PREFIX": prefix,
-                    "DASH_ROUTES_PATHNAME_PREFIX": prefix})
     env.update(project.extra_env)
     sup.write_program(spec.name, spec.type, command, _launcher_env(env), project.directory,
                       autostart)
+
+
+def system_env(directory, app_name):
+    """Dash Enterprise's system environment variables (README: "Dash Enterprise's
+    environment variables"). DE serves an app under /NAME/; without --app-name dashscale
+    serves it at /, and says so: Dash derives the prefix /DASH_APP_NAME/ by itself when
+    DASH_REQUESTS_PATHNAME_PREFIX is unset."""
+    prefix = f"/{app_name}/" if app_name else "/"
+    return {"DASH_APP_NAME": app_name or de_app_name(directory),
+            "DASH_REQUESTS_PATHNAME_PREFIX": prefix, "DASH_ROUTES_PATHNAME_PREFIX": prefix}
+
+
+def de_app_name(directory):
+    """The directory's name as a DE app name: lowercase letters, digits and hyphens,
+    starting with a letter, at most 63 characters."""
+    name = re.sub(r"[^a-z0-9]+", "-", os.path.basename(os.path.abspath(directory)).lower())
+    name = re.sub(r"^[^a-z]+", "", name)[:63].strip("-")
+    return name or "app"
 
 
 def _launcher_env(env):

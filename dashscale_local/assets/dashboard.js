@@ -112,6 +112,27 @@
     renderReplicas(data);
     renderPlot(data);
     renderEvents(data);
+    renderReplicaCheck(data.replica_check);
+  }
+
+  // The last `dashscale check --replicas` (kept in the run directory).
+  function renderReplicaCheck(rc) {
+    const line = $("replica-check"), list = $("replica-check-list");
+    const key = rc ? String(rc.time) : "";
+    if (line.dataset.key === key) return;
+    line.dataset.key = key;
+    list.textContent = "";
+    if (!rc) { line.textContent = "not run yet"; return; }
+    const when = new Date(rc.time * 1000).toLocaleTimeString();
+    const names = (rc.replicas || []).map((r) => r.name).join(", ");
+    const n = (rc.divergences || []).length;
+    line.textContent = (rc.agree ? "replicas agree" : n + " divergence" + (n === 1 ? "" : "s")) +
+      " (" + names + ") at " + when;
+    line.className = rc.agree ? "ok" : "bad";
+    for (const d of (rc.divergences || []).slice(0, 20)) {
+      list.appendChild(el("li", null, d.replica + " · " + d.what + ": " + d.detail +
+                          " — " + d.cause));
+    }
   }
 
   function renderTypes(data) {
