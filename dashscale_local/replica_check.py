@@ -219,6 +219,9 @@ def check_replicas(status, timeout=30.0):
         divergences.append({"replica": replica, "what": what, "id": id_, "detail": detail,
                             "cause": CAUSES[kind]})
 
+    if all(r.error for r in replicas):
+        raise UsageError(f"no web replica serves a Dash app under {prefix}: "
+                         f"{replicas[0].name}: {replicas[0].error}")
     base = replicas[0]
     for other in replicas:
         if other.error:

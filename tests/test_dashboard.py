@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 import psutil
 import pytest
@@ -293,6 +294,19 @@ def test_dashboard_in_chromium(dashscale, browser, tmp_path):
     coords = find('#plot polyline[data-replica="web.1"]')[0].get_attribute("points").split()
     assert len(coords) >= 3 and all("," in c for c in coords)
     assert "web.1" in text("#legend")
+
+    # The last `check --replicas` (tests/test_replica_check.py runs the real one).
+    from dashscale_local import replica_check
+    assert text("#replica-check") == "not run yet"
+    replica_check.save(run.run_dir, {
+        "agree": False, "time": time.time(), "notes": [],
+        "replicas": [{"name": "web.1"}, {"name": "web.2"}],
+        "divergences": [{"replica": "web.2", "what": "layout", "id": "graph-9c1d",
+                         "detail": "id 'graph-3f2a' on web.1, 'graph-9c1d' on web.2",
+                         "cause": "component ids drawn per process"}]})
+    wait_for(lambda: text("#replica-check").startswith("1 divergence (web.1, web.2)"), 10,
+             message="the replica check in the page")
+    assert "web.2 · layout: id 'graph-3f2a' on web.1" in text("#replica-check-list")
 
     browser.save_screenshot(str(tmp_path / "dashboard.png"))
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

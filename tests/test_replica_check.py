@@ -191,10 +191,15 @@ def test_per_process_secret_loses_the_session(dashscale, app_dir):
 
 
 @pytest.mark.slow
-def test_one_replica_is_a_usage_error(dashscale, app_dir):
+def test_one_replica_or_no_dash_app_is_a_usage_error(dashscale, app_dir):
     run = dashscale("web: gunicorn echo_app:app -w 1\n")
     result = run.cli("check", "--replicas")
     assert result.returncode == 2 and "at least 2 ready web replicas" in result.stderr
+    run.cli("scale", "web=2", check=True)
+    run.wait_ready(count=2)
+    result = run.cli("check", "--replicas")  # echo_app is not a Dash app
+    assert result.returncode == 2 and "no web replica serves a Dash app under /" in \
+        result.stderr, result.stderr
 
 
 def test_nothing_running_is_a_usage_error(tmp_path):
