@@ -962,6 +962,9 @@ def check(procfile, as_json, measure, env_files, formation, memory_limit, replic
     from .project import Project
 
     if replicas:
+        if measure or formation or memory_limit:
+            raise UsageError("--replicas compares the running replicas: it takes no "
+                             "--measure, -m or --memory-limit")
         from .replica_check import run
         sys.exit(run(os.path.abspath(procfile), as_json, click.echo))
 

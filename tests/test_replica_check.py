@@ -208,3 +208,6 @@ def test_nothing_running_is_a_usage_error(tmp_path):
                                        os.path.join(str(tmp_path), "Procfile")])
     assert result.exit_code == 2 and "no dashscale is running here" in result.stderr
     assert not os.path.exists(tmp_path / ".dashscale" / "replica-check.json")
+    result = CliRunner().invoke(main, ["check", "--replicas", "--measure", "-f",
+                                       os.path.join(str(tmp_path), "Procfile")])
+    assert result.exit_code == 2 and "takes no --measure" in result.stderr
