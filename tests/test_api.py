@@ -234,3 +234,16 @@ def test_cli_shows_the_refusal_as_usage_error(run):
     assert result.returncode == 0 and "worker=0" in result.stdout, result
     assert "worker=0" in formation_file(run)
     assert run.cli("scale", "worker=1").returncode == 0
+
+
+def test_rolling_restart_of_every_type(run):
+    """Found by the property test: a rolling restart of all replicas of two types
+    answered 500 (KeyError), as the roll of the first type had replaced its names."""
+    before = run.status()
+    status, payload = via_socket(run, "POST", "restart", encode({"rolling": True}))
+    assert status == 200, payload
+    assert sorted(payload["restarted"]) == sorted(r["name"] for r in before["replicas"])
+    after = run.status()
+    assert after["formation"] == before["formation"]
+    old_pids = {r["pid"] for r in before["replicas"]}
+    assert not old_pids & {r["pid"] for r in after["replicas"]}
