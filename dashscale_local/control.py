@@ -2,8 +2,8 @@
 
 There is no TCP control port. The socket file's mode keeps other users out, and the
 server also checks the peer's uid (SO_PEERCRED) and refuses anyone but our own user.
-Routes: GET /status, POST /scale {"formation": {"web": 6}}, POST /restart
-{"target": "web.2", "rolling": false}, POST /stop.
+Routes (GET /status, POST /scale, /restart, /stop) and their one schema: api.py; this
+module only frames HTTP on the socket.
 """
 import asyncio
 import json
@@ -15,13 +15,13 @@ from http import HTTPStatus
 from .errors import RuntimeFailure, UsageError
 from .http11 import END, ProtocolError, Request, RequestParser
 
-MAX_BODY = 1 << 20
+MAX_BODY = 1 << 20  # framing only: the API answers 413 above its own, smaller limit
 
 
 class ControlServer:
-    def __init__(self, path, runner):
+    def __init__(self, path, api):
         self.path = path
-        self.runner = runner
+        self.api = api  # api.ControlAPI: routing, validation and the work
         self.server = None
 
     async def start(self):
@@ -62,34 +62,15 @@ class ControlServer:
                 return
             if req is None:
                 return
-            method, path = req.method.decode(), req.target.decode()
-            body = json.loads(body) if body else {}
-            status, payload = await self._route(method, path, body)
+            path, _, query = req.target.decode("latin-1").partition("?")
+            status, payload = await self.api.handle(req.method.decode("latin-1"),
+                                                    path.removeprefix("/"), body, query,
+                                                    private=True)
             await _respond(writer, status, payload)
-        except (asyncio.TimeoutError, ValueError, ConnectionError):
+        except (asyncio.TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()
-
-    async def _route(self, method, path, body):
-        runner = self.runner
-        try:
-            if (method, path) == ("GET", "/status"):
-                return 200, runner.status()
-            if (method, path) == ("POST", "/scale"):
-                counts = await runner.scale(body.get("formation", {}))
-                return 200, {"formation": counts}
-            if (method, path) == ("POST", "/restart"):
-                names = await runner.restart(body.get("target"), bool(body.get("rolling")))
-                return 200, {"restarted": names}
-            if (method, path) == ("POST", "/stop"):
-                await runner.stop()
-                return 200, {"stopping": True}
-            return 404, {"error": f"no route {method} {path}"}
-        except UsageError as exc:
-            return 400, {"error": str(exc)}
-        except Exception as exc:  # report, never kill the runner
-            return 500, {"error": f"{type(exc).__name__}: {exc}"}
 
 
 async def _read_request(reader):

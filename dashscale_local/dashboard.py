@@ -1,6 +1,6 @@
 """The Scale tab: served by the runner on the proxy port under /_dashscale/.
 
-``handle(runner, req, body)`` answers every request whose path is /_dashscale or starts
+``handle(api, req, body)`` answers every request whose path is /_dashscale or starts
 with /_dashscale/; the app keeps every other path. It runs in the runner, not in a
 replica, so it works while the app is down.
 
@@ -8,12 +8,9 @@ Routes
   GET  /_dashscale                → 308 to /_dashscale/
   GET  /_dashscale/               → the page (assets/index.html, strict CSP)
   GET  /_dashscale/dashboard.js, /_dashscale/dashboard.css
-  GET  /_dashscale/api/status[?since=T] → ``Runner.status()`` plus ``dashboard`` (caps,
-                                    server time), ``replica_check`` (the last ``check
-                                    --replicas``, or null) and, with ``since``, ``memory_history``:
-                                    the per-replica samples newer than T (epoch seconds)
-  POST /_dashscale/api/scale      {"formation": {"web": 2}}  → Runner.scale
-  POST /_dashscale/api/restart    {"target": "web.2", "rolling": false} → Runner.restart
+  GET  /_dashscale/api/status[?since=T], POST /_dashscale/api/scale, /api/restart
+                                  → api.ControlAPI (the socket's routes, bar stop; the
+                                    schema and its checks are there)
 
 Cross-site protection (the page can start and stop processes):
   * every route: the Host header must name this machine (an IP literal, ``localhost``
@@ -21,21 +18,26 @@ Cross-site protection (the page can start and stop processes):
   * POST: ``X-Dashscale-Request: 1`` (a custom header: a cross-origin page cannot send
     it without a CORS preflight, which we never grant), ``Content-Type:
     application/json``, an ``Origin`` (if sent) equal to ``http://<Host>``, and a
-    ``Sec-Fetch-Site`` (if sent) of ``same-origin``/``none``.
+    ``Sec-Fetch-Site`` (if sent) of ``same-origin``/``none``;
+  * beyond loopback, POST also needs the token `start` printed: ``X-Dashscale-Token``
+    or the cookie (HttpOnly, SameSite=Strict) that ``/_dashscale/?token=…`` sets.
 """
 import asyncio
 import collections
+import hmac
 import ipaddress
 import json
 import os
 import time
 from urllib.parse import parse_qs
 
-from .errors import RuntimeFailure, UsageError
+from . import rundir
+from .api import METHODS
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 PREFIX = b"/_dashscale"
-MAX_BODY = 64 * 1024
+API_ROUTES = ("status", "scale", "restart")  # no stop from a web page
+TOKEN_COOKIE = b"dashscale_token"
 HISTORY_INTERVAL = 1.0      # seconds between memory samples
 HISTORY_KEEP = 600          # samples kept (10 minutes)
 
@@ -150,6 +152,29 @@ def check_post(req):
     return None
 
 
+def check_token(api, req):
+    """Beyond loopback a state-changing request needs the token `start` printed, as
+    X-Dashscale-Token or the cookie the tokened page set — whoever the peer seems to be
+    (a tunnel makes a remote user look local). None if it may proceed, else a refusal."""
+    if rundir.is_loopback(api.runner.host):
+        return None
+    sent = _header(req, b"x-dashscale-token") or _cookie(req, TOKEN_COOKIE)
+    if not api.token or not sent or not hmac.compare_digest(sent, api.token.encode()):
+        return 403, "this dashboard needs its token: open the URL `start` printed " \
+                    "(/_dashscale/?token=…) or send X-Dashscale-Token"
+    return None
+
+
+def _cookie(req, name):
+    for key, value in req.headers:
+        if key == b"cookie":
+            for item in value.split(b";"):
+                k, _, v = item.strip().partition(b"=")
+                if k == name:
+                    return v
+    return None
+
+
 def _json(status, payload):
     return status, list(JSON_HEADERS), json.dumps(payload).encode()
 
@@ -171,37 +196,26 @@ def _static(name, ctype):
     return 200, headers, data
 
 
-def dashboard_status(runner, since=None):
-    data = runner.status()
-    settings = getattr(runner, "settings", {}) or {}
-    data["dashboard"] = {
-        "time": time.time(),
-        "max_per_type": int(float(settings.get("max_replicas_per_type", 10))),
-        "pod_limit": int(float(settings.get("pod_limit", 40))),
-        "history_interval": HISTORY_INTERVAL,
-        "history_keep": HISTORY_KEEP,
-    }
-    run_dir = getattr(runner, "run_dir", None)
-    if run_dir:  # the last `dashscale check --replicas`
-        from .replica_check import load
-        data["replica_check"] = load(run_dir)
-    if since is not None:
-        history = getattr(runner, "memory_history", None)
-        data["memory_history"] = history.since(since) if history is not None else []
-    return data
+def _page(api, req, query):
+    """The page; with ?token=T (the right one) a 303 to the bare page that sets the cookie,
+    so the token leaves the address bar."""
+    token = parse_qs(query).get("token", [None])[-1]
+    if token is None:
+        return _static(*STATIC[b"/"])
+    if not api.token or not hmac.compare_digest(token.encode(), api.token.encode()):
+        return _error(403, "wrong dashboard token")
+    cookie = b"%s=%s; HttpOnly; SameSite=Strict; Path=/_dashscale/" % (TOKEN_COOKIE,
+                                                                         api.token.encode())
+    return 303, [(b"location", b"/_dashscale/"), (b"set-cookie", cookie),
+                 (b"content-type", b"text/plain"), (b"cache-control", b"no-store")] + COMMON, \
+        b"see /_dashscale/\n"
 
 
-def _query(target):
-    _, _, query = target.partition(b"?")
-    try:
-        return {k: v[-1] for k, v in parse_qs(query.decode("ascii")).items()}
-    except UnicodeDecodeError:
-        return {}
-
-
-async def handle(runner, req, body):
-    path = req.target.split(b"?", 1)[0]
-    if not host_allowed(req.host or _header(req, b"host"), getattr(runner, "host", None)):
+async def handle(api, req, body):
+    """Answer one /_dashscale… request; ``api`` is the runner's api.ControlAPI."""
+    path, _, query = req.target.partition(b"?")
+    query = query.decode("latin-1")
+    if not host_allowed(req.host or _header(req, b"host"), api.runner.host):
         return _error(403, "the dashboard answers only to this machine's addresses "
                            "(localhost or an IP), not to other host names (DNS rebinding)")
     if path == PREFIX:
@@ -211,56 +225,17 @@ async def handle(runner, req, body):
     if sub in STATIC:
         if req.method not in (b"GET", b"HEAD"):
             return _error(405, "method not allowed", [(b"allow", b"GET, HEAD")])
-        return _static(*STATIC[sub])
-    if sub == b"/api/status":
-        if req.method not in (b"GET", b"HEAD"):
-            return _error(405, "method not allowed", [(b"allow", b"GET, HEAD")])
-        since = _query(req.target).get("since")
-        try:
-            since = float(since) if since is not None else None
-        except ValueError:
-            return _error(400, "since must be a number (epoch seconds)")
-        return _json(200, dashboard_status(runner, since))
-    if sub in (b"/api/scale", b"/api/restart"):
-        if req.method != b"POST":
-            return _error(405, "use POST", [(b"allow", b"POST")])
-        refused = check_post(req)
+        return _page(api, req, query) if sub == b"/" else _static(*STATIC[sub])
+    route = sub.removeprefix(b"/api/").decode("latin-1")
+    if not sub.startswith(b"/api/") or route not in API_ROUTES:
+        return _error(404, f"no such dashboard route: {path.decode('latin-1')}")
+    allow = [(b"allow", ", ".join(METHODS[route]).encode())]
+    if req.method.decode("latin-1") not in METHODS[route]:
+        return _error(405, f"use {', '.join(METHODS[route])}", allow)
+    if req.method == b"POST":
+        refused = check_post(req) or check_token(api, req)
         if refused:
             return _error(*refused)
-        if len(body) > MAX_BODY:
-            return _error(413, "request too large")
-        try:
-            payload = json.loads(body or b"{}")
-        except ValueError:
-            return _error(400, "body is not JSON")
-        if not isinstance(payload, dict):
-            return _error(400, "body must be a JSON object")
-        try:
-            if sub == b"/api/scale":
-                return await _scale(runner, payload)
-            return await _restart(runner, payload)
-        except UsageError as exc:
-            return _error(400, str(exc))
-        except RuntimeFailure as exc:
-            return _error(500, str(exc))
-    return _error(404, f"no such dashboard route: {path.decode('latin-1')}")
-
-
-async def _scale(runner, payload):
-    spec = payload.get("formation")
-    if not isinstance(spec, dict) or not spec:
-        return _error(400, 'expected {"formation": {"web": 2}}')
-    for key, value in spec.items():
-        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int) \
-                or value < 0:
-            return _error(400, f"bad count for {key!r}: {value!r} (a whole number ≥ 0)")
-    counts = await runner.scale(spec)
-    return _json(200, {"formation": counts})
-
-
-async def _restart(runner, payload):
-    target = payload.get("target")
-    if target is not None and not isinstance(target, str):
-        return _error(400, "target must be a replica (web.2), a type (web) or null")
-    names = await runner.restart(target, bool(payload.get("rolling")))
-    return _json(200, {"restarted": names})
+    status, payload = await api.handle(req.method.decode("latin-1"), route, body, query,
+                                       routes=API_ROUTES)
+    return _json(status, payload)

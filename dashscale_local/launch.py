@@ -52,15 +52,19 @@ def launch(project, settings, counts, out):
             raise UsageError(f"port {spec.port} for {spec.name} is already in use "
                              "(another app? choose --base-port)")
     listener = rundir.bind_listener(host, port)
-    if host not in ("127.0.0.1", "::1", "localhost"):
-        out.system(f"WARNING: the proxy listens on {host}: the app and its dashboard "
-                   "(/_dashscale/, which can scale and restart replicas) are reachable "
-                   "from other machines. Use --host 127.0.0.1 to keep them private.")
     sup = Supervisord(project.run_dir, {
         "startsecs": int(number(settings, "startsecs")),
         "startretries": int(number(settings, "startretries")),
         "stopwaitsecs": int(number(settings, "stop_timeout"))})
     try:
+        token = rundir.new_token(project.run_dir, host)
+        if token:
+            out.system(f"WARNING: the proxy listens on {host}: the app and its dashboard "
+                       "(/_dashscale/, which can scale and restart replicas) are reachable "
+                       "from other machines. Use --host 127.0.0.1 to keep them private.")
+            where = f"[{host}]" if ":" in host else host
+            out.system("dashboard (scale and restart need its token): "
+                       f"http://{where}:{port}/_dashscale/?token={token}")
         sup.write_config()
         for name in os.listdir(sup.programs_dir):
             os.unlink(os.path.join(sup.programs_dir, name))  # leftovers of a dead run

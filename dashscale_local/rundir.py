@@ -16,6 +16,7 @@ import time
 from .errors import RuntimeFailure, UsageError
 
 RUN_DIR_NAME = ".dashscale"
+TOKEN_FILE = "dashboard-token"  # beyond loopback: the token state-changing dashboard requests need
 
 
 def run_dir_for(procfile_path):
@@ -41,6 +42,53 @@ def state_path(run_dir):
 
 def control_socket(run_dir):
     return os.path.join(run_dir, "control.sock")
+
+
+def is_loopback(host):
+    """True for 127.0.0.0/8, ::1 and localhost: only this machine can connect."""
+    if host in ("127.0.0.1", "::1", "localhost"):
+        return True
+    import ipaddress
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def token_path(run_dir):
+    return os.path.join(run_dir, TOKEN_FILE)
+
+
+def new_token(run_dir, host):
+    """Beyond loopback: a fresh dashboard token, saved (0600) for `status`; on loopback
+    none (and no leftover of an earlier run)."""
+    path = token_path(run_dir)
+    if is_loopback(host):
+        _unlink(path)
+        return None
+    import secrets
+    token = secrets.token_urlsafe(24)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    os.replace(tmp, path)
+    return token
+
+
+def read_token(run_dir):
+    try:
+        with open(token_path(run_dir)) as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def identity(pid):
@@ -133,11 +181,8 @@ def cleanup_stale(run_dir, timeout=10.0):
                 pass
             killed.append(member.pid)
         psutil.wait_procs(members, timeout=timeout)
-    for name in ("supervisor.sock", "control.sock", "state.json"):
-        try:
-            os.unlink(os.path.join(run_dir, name))
-        except FileNotFoundError:
-            pass
+    for name in ("supervisor.sock", "control.sock", "state.json", TOKEN_FILE):
+        _unlink(os.path.join(run_dir, name))
     return killed
 
 

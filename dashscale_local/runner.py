@@ -132,6 +132,7 @@ class Runner:
 
     async def main(self):
         from . import dashboard
+        from .api import ControlAPI
         from .control import ControlServer
         from .memory import MemoryGuard
         from .proxy import Proxy
@@ -162,11 +163,12 @@ class Runner:
                 on_kill=lambda name, info: loop.call_soon_threadsafe(self._oom_killed, name, info),
                 on_warning=lambda name, info: loop.call_soon_threadsafe(self._memory_warning, name, info))
             self.guard.start()
+            self.api = ControlAPI(self)  # the one control surface, behind both doors
             self.proxy = Proxy(self.pool, self.listener, self.settings,
                                local_handler=self._local_request)
             self.proxy.root_is_local = bool(self.app_name)
             await self.proxy.start()
-            self.control = ControlServer(rundir.control_socket(self.run_dir), self)
+            self.control = ControlServer(rundir.control_socket(self.run_dir), self.api)
             await self.control.start()
             tasks += [asyncio.ensure_future(self._monitor()), asyncio.ensure_future(self._tail_logs()),
                       dashboard.start_history(self)]  # dashboard: memory-over-time samples
@@ -188,7 +190,7 @@ class Runner:
         from . import dashboard
         if req.target == b"/" and self.app_name:
             return 302, [(b"location", f"/{self.app_name}/".encode())], b""
-        return await dashboard.handle(self, req, body)
+        return await dashboard.handle(self.api, req, body)
 
     def _signal_stop(self):
         if self.stopping.is_set():
@@ -225,7 +227,8 @@ class Runner:
                 self._tail_once(s)
         for r in self.replicas.values():
             self._tail_once(r)
-        for name in ("supervisor.sock", "control.sock", "state.json", "supervisord.pid"):
+        for name in ("supervisor.sock", "control.sock", "state.json", "supervisord.pid",
+                     rundir.TOKEN_FILE):
             try:
                 os.unlink(os.path.join(self.run_dir, name))
             except FileNotFoundError:
@@ -607,9 +610,12 @@ class Runner:
     async def restart(self, target=None, rolling=False):
         async with self.lock:
             names = self._select(target)
-            if rolling:
-                for type_ in dict.fromkeys(self.replicas[n].type for n in names):
-                    await self._roll(type_, [n for n in names if self.replicas[n].type == type_])
+            if rolling:  # grouped first: a roll replaces names, and may reuse them
+                by_type = {}
+                for name in names:
+                    by_type.setdefault(self.replicas[name].type, []).append(name)
+                for type_, group in by_type.items():
+                    await self._roll(type_, group)
             else:
                 for name in names:
                     r = self.replicas[name]

@@ -8,13 +8,25 @@ from dashscale_local.testing import Run
 APPS = os.path.join(os.path.dirname(__file__), "apps")
 
 
+def copy_apps(directory):
+    """Make ``directory`` a project directory holding the test apps."""
+    for name in os.listdir(APPS):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(APPS, name), directory / name)
+    return directory
+
+
 @pytest.fixture
 def app_dir(tmp_path):
     """A project directory holding the test apps."""
-    for name in os.listdir(APPS):
-        if name.endswith(".py"):
-            shutil.copy(os.path.join(APPS, name), tmp_path / name)
-    return tmp_path
+    return copy_apps(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_app_dir(tmp_path_factory):
+    """A project directory holding the test apps, shared by a test module (for one
+    formation that several tests, or many hypothesis examples, talk to)."""
+    return copy_apps(tmp_path_factory.mktemp("apps"))
 
 
 @pytest.fixture

@@ -59,6 +59,28 @@ def test_check_post(headers, status):
     assert (refused[0] if refused else None) == status
 
 
+@pytest.mark.parametrize("host,headers,refused", [
+    ("127.0.0.1", {}, False),                                   # loopback: as before
+    ("::1", {}, False),
+    ("0.0.0.0", {}, True),
+    ("0.0.0.0", {"X-Dashscale-Token": "s3cret"}, False),
+    ("0.0.0.0", {"X-Dashscale-Token": "s3cre"}, True),
+    ("0.0.0.0", {"Cookie": "a=1; dashscale_token=s3cret"}, False),
+    ("0.0.0.0", {"Cookie": "dashscale_token=s3cret2"}, True),
+    ("192.168.1.5", {"Cookie": "dashscale_token="}, True),
+])
+def test_check_token(host, headers, refused):
+    class Api:
+        token = "s3cret"
+
+        class runner:
+            pass
+    Api.runner.host = host
+    result = dashboard.check_token(Api, FakeRequest(headers))
+    assert (result is not None) is refused
+    assert result is None or result[0] == 403
+
+
 def test_memory_history_ring_buffer():
     class R:
         memory_bytes = 5
@@ -311,3 +333,37 @@ def test_dashboard_in_chromium(dashscale, browser, tmp_path):
     browser.save_screenshot(str(tmp_path / "dashboard.png"))
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors                           # no JS errors, no CSP violations
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_dashboard_in_chromium_beyond_loopback(dashscale, browser):
+    """--host 0.0.0.0 (the browser still talks to 127.0.0.1): the bare page cannot scale;
+    the page opened with the printed token can, through the cookie it set."""
+    from selenium.webdriver.common.by import By
+
+    run = dashscale(PROCFILE, formation="web=1", args=["--host", "0.0.0.0"])
+    token = run.status()["dashboard_url"].partition("?token=")[2]
+    assert token
+
+    def scale_up(count):
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, 'button.apply[data-type="web"]'),
+                 15, message="the web row in the page")
+        field = browser.find_element(By.CSS_SELECTOR, 'input.replica-count[data-type="web"]')
+        field.clear()
+        field.send_keys(str(count))
+        browser.find_element(By.CSS_SELECTOR, 'button.apply[data-type="web"]').click()
+
+    def message():
+        return browser.find_element(By.CSS_SELECTOR, "#scale-message").text
+
+    browser.get(run.url + "/_dashscale/")
+    scale_up(2)
+    wait_for(lambda: "token" in message(), 15, message="the page to show the refusal")
+    assert run.status()["formation"] == {"web": 1}
+
+    browser.get(f"{run.url}/_dashscale/?token={token}")
+    assert browser.current_url == run.url + "/_dashscale/"   # the token left the URL
+    scale_up(2)
+    wait_for(lambda: "formation is now web=2" in message(), 30, message="the scale")
+    assert run.status()["formation"] == {"web": 2}

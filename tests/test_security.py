@@ -9,6 +9,7 @@ and DNS-rebinding protection (test_dashboard.py), request smuggling and header r
 the parser (test_http11.py, test_http11_fuzz.py).
 """
 import errno
+import http.client
 import json
 import os
 import socket
@@ -81,6 +82,73 @@ def test_binding_all_interfaces_warns(dashscale):
     socks = listening(run)
     assert (run.status()["runner_pid"], "0.0.0.0") in {(s[0], s[2]) for s in socks}
     assert all(s[2] in LOOPBACK for s in socks if s[0] != run.status()["runner_pid"])
+
+
+def dashboard_post(run, body, headers=()):
+    """POST /_dashscale/api/scale to 127.0.0.1 (only ever loopback from a test), with the
+    headers the page sends: (status, JSON)."""
+    conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=60)
+    try:
+        conn.request("POST", "/_dashscale/api/scale", body=json.dumps(body),
+                     headers={"Content-Type": "application/json", "X-Dashscale-Request": "1",
+                              **dict(headers)})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def dashboard_get(run, path):
+    conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=60)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.getheaders(), resp.read()
+    finally:
+        conn.close()
+
+
+@slow
+def test_dashboard_beyond_loopback_needs_the_token(dashscale):
+    """--host 0.0.0.0: `start` prints the dashboard URL with a token; a state-changing
+    dashboard request without it (or with a wrong one) is 403 and changes nothing, even
+    from 127.0.0.1 (a tunnel makes a remote user look local); with the header, or the
+    cookie the tokened page sets, it works. Only `status` over the socket shows it."""
+    run = dashscale(ECHO, formation="web=1", args=["--host", "0.0.0.0"])
+    [line] = [line for line in run.output().splitlines() if "?token=" in line]
+    url = line.split()[-1]
+    assert url.startswith(f"http://0.0.0.0:{run.port}/_dashscale/?token=")
+    token = url.partition("?token=")[2]
+    assert len(token) >= 32
+    path = os.path.join(run.run_dir, "dashboard-token")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    status = json.loads(run.cli("status", "--json", check=True).stdout)
+    assert status["dashboard_url"] == url
+
+    scale = {"formation": {"web": 2}}
+    for headers in ({}, {"X-Dashscale-Token": token[:-1]}, {"X-Dashscale-Token": ""},
+                    {"Cookie": "dashscale_token=nope"}):
+        code, payload = dashboard_post(run, scale, headers)
+        assert code == 403 and "token" in payload["error"], (headers, payload)
+    assert run.status()["formation"] == {"web": 1} and len(run.status()["replicas"]) == 1
+    code, _, body = dashboard_get(run, "/_dashscale/api/status")
+    assert code == 200 and token.encode() not in body  # reading needs no token, nor shows it
+
+    code, payload = dashboard_post(run, scale, {"X-Dashscale-Token": token})
+    assert code == 200 and payload == {"formation": {"web": 2}}, payload
+
+    assert dashboard_get(run, "/_dashscale/?token=wrong")[0] == 403
+    code, headers, _ = dashboard_get(run, f"/_dashscale/?token={token}")
+    headers = dict((k.lower(), v) for k, v in headers)
+    assert code == 303 and headers["location"] == "/_dashscale/"  # the token leaves the URL
+    cookie = headers["set-cookie"]
+    assert {"HttpOnly", "SameSite=Strict", "Path=/_dashscale/"} <= \
+        {part.strip() for part in cookie.split(";")}, cookie
+    code, payload = dashboard_post(run, {"formation": {"web": 1}},
+                                   {"Cookie": cookie.split(";")[0]})
+    assert code == 200 and payload == {"formation": {"web": 1}}, payload
+    assert run.cli("stop").returncode == 0
+    assert not os.path.exists(path)
 
 
 # ─── files and sockets of the run directory ─────────────────────────────────────────
