@@ -218,7 +218,8 @@ def _follow(r, info, now, settings):
     code, sig = _exit_of(info)
     exited = info.statename in ("EXITED", "BACKOFF", "FATAL")
     respawned = pid is not None and r.pid is not None and pid != r.pid
-    if (exited or (respawned and not r.restarting)) and code in GUNICORN_EXIT \
+    # While a restart we asked for is under way, the logged exit may be the old one's.
+    if (exited or respawned) and code in GUNICORN_EXIT and not r.restarting \
             and not r.removing and r.state is not State.FATAL:
         return _halt(r, info, code, now)
     if pid and pid != r.pid:
@@ -341,7 +342,7 @@ def _schedule_backoff(r, settings):
 def _restart(r, now, *_):
     """Stop (if anything runs) and start again; the next pid is not a crash."""
     r = replace(r, state=State.STOPPING, ready=False, restarting=True, spawned_at=now,
-                held=False, held_pid=None, restart_at=None, fatal_reported=False)
+                held=False, held_pid=None, restart_at=None)
     return r, [OutOfRotation(r.name), StopProcess(r.name), StartProcess(r.name)]
 
 

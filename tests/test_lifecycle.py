@@ -184,10 +184,16 @@ def test_fatal_replica_restarts_only_on_request():
     x.sup("BACKOFF", 0, exit_code=4)
     effects = x.see(RestartRequested(), at=50.0)
     assert effects == [OutOfRotation("web.1"), StopProcess("web.1"), StartProcess("web.1")]
+    # a poll before the stop and start ran: supervisord's old state, the old logged exit
+    assert x.sup("FATAL", 0, exit_code=4) == [] and x.r.state is State.FATAL
+    assert not x.r.held
     x.sup("STARTING", 101)
     assert x.r.state is State.STARTING and x.r.restarts == 1 and not x.r.held
     assert lines(x.see(Answered(101), at=51.0)) == [
         "web.1 ready on 127.0.0.1:5006 (pid 101, 1.00s)"]
+    x.sup("RUNNING", 101)
+    effects = x.sup("EXITED", 0, exitstatus=4, exit_code=4)  # still broken: FATAL again
+    assert of(effects, Fatal) == [Fatal("web.1", 4, "app failed to load")] and x.r.held
 
 
 def test_backoff_while_starting_then_fatal_after_retries():
