@@ -179,7 +179,7 @@ EVENTS = st.lists(st.tuples(
     st.sampled_from([None, 200, True, False])), max_size=50)
 
 
-@hsettings(max_examples=300, deadline=None)
+@hsettings(max_examples=200, deadline=None)
 @given(EVENTS)
 def test_rotation_is_always_what_health_decided(events):
     """Whatever happens, the pool's rotation is exactly the replicas Health has in, and a
