@@ -451,3 +451,61 @@ def test_any_observation_sequence_keeps_the_invariants(obs_list, gaps, settings)
 def test_an_oomkilled_replica_never_runs_again_without_a_restart(obs_list):
     seen = _run([OomKilled(100, 1.0)] + obs_list, [1.0] * (len(obs_list) + 1), STOP)
     assert all(r.state is State.OOMKILLED and not r.ready for _, _, r, _, _ in seen)
+
+
+# ─── the facts it relies on, from a real supervisord and gunicorn ──────────────────
+@pytest.mark.slow
+def test_real_supervisord_hides_gunicorn_exit_4_and_its_log_gives_it(tmp_path):
+    """An app that cannot load: gunicorn exits 4 within startsecs, so supervisord's RPC
+    says BACKOFF with exitstatus 0 (issue 14's "exit 0: Exited too quickly"); its log
+    line says 4. Driven the way the runner will drive it, the machine goes FATAL with
+    the real code at the first exit, and its StopProcess leaves nothing retrying."""
+    import os
+    import sys
+
+    from dashscale_local.output import LogTail
+    from dashscale_local.supervisor import Supervisord
+    from dashscale_local.testing import free_port, wait_for
+
+    apps = os.path.join(os.path.dirname(__file__), "apps")
+    # startsecs 10: however loaded the machine, the exit is "too quick" (BACKOFF)
+    sup = Supervisord(str(tmp_path), {"startsecs": 10, "startretries": 2, "stopwaitsecs": 5})
+    sup.write_config()
+    sup.write_program("web.1", "web", f"{sys.executable} -m gunicorn echo_app:no_such_attr "
+                      f"--workers 1 --bind 127.0.0.1:{free_port()}", {}, apps)
+    log = LogTail(os.path.join(str(tmp_path), "logs", "supervisord.log"), from_start=True)
+    logged, rpc_seen, x = {}, [], Replica()
+    sup.start()
+    try:
+        sup.wait_up()
+        sup.add(["web.1"])
+        sup.start_replica("web.1")
+
+        def poll():
+            info = sup.all_info()["web.1"]
+            for line in log.read_lines():  # after the poll: every exit it shows is logged
+                parsed = supervisord_exit(line)
+                if parsed:
+                    logged[parsed[0]] = parsed[1:]
+            rpc_seen.append((info["statename"], info["exitstatus"]))
+            effects = x.sup(info["statename"], info["pid"], exitstatus=info["exitstatus"],
+                            description=info["description"], stop=info["stop"],
+                            exit_code=logged.get("web.1", (None, None))[0])
+            for e in of(effects, StopProcess):
+                sup.stop_replica(e.name)
+            return x.r.state is State.FATAL
+
+        wait_for(poll, 30, interval=0.02, message="FATAL")
+        assert ("BACKOFF", 0) in rpc_seen  # the RPC's view of the exit: code 0
+        assert logged["web.1"] == (4, None)
+        assert of(x.log, Fatal) == [Fatal("web.1", 4, "app failed to load")]
+        assert x.r.last_exit["code"] == 4
+        wait_for(lambda: sup.all_info()["web.1"]["statename"] == "STOPPED", 10,
+                 message="supervisord stopped it")
+        spawned = [ln for ln in open(log.path) if "spawned: 'web.1'" in ln]
+        assert len(spawned) == 1, spawned  # no retry: FATAL at the first exit
+        with open(sup.log_path("web.1")) as f:
+            assert "Failed to find attribute 'no_such_attr' in 'echo_app'." in f.read()
+    finally:
+        sup.shutdown(10)
+    assert sup.process.poll() is not None
