@@ -21,7 +21,7 @@ import threading
 import time
 
 from .config import packaged_text
-from .output import last_lines
+from .output import LogTail, last_lines
 from .errors import RuntimeFailure
 
 # supervisor fault codes we expect in normal operation.
@@ -167,6 +167,9 @@ class Supervisord:
         # supervisord runs with umask 077 (its logs and pid file are private: replicas
         # print what they like); each replica gets the user's own umask back.
         self.user_umask = _current_umask()
+        # This run's exits (the log outlives runs): see exits().
+        self._exit_log = LogTail.from_end(os.path.join(run_dir, "logs", "supervisord.log"))
+        self._exits = {}
 
     # -- files ---------------------------------------------------------------
     def write_config(self):
@@ -180,6 +183,17 @@ class Supervisord:
 
     def log_path(self, name):
         return os.path.join(self.run_dir, "logs", f"{name}.log")
+
+    def exits(self):
+        """{name: (code, signal)}: the last exit of each program, from supervisord's log
+        (its RPC says exitstatus 0 after a too-quick exit). Read it after a getProcessInfo
+        poll: every exit that poll shows is in the log by then."""
+        from .lifecycle import supervisord_exit
+        for line in self._exit_log.read_lines():
+            parsed = supervisord_exit(line)
+            if parsed:
+                self._exits[parsed[0]] = parsed[1:]
+        return self._exits
 
     def write_program(self, name, type_, command, env, directory, autostart=False):
         launcher = os.path.join(self.launch_dir, f"{name}.sh")
