@@ -24,10 +24,14 @@ _BOILERPLATE = re.compile(
 _GUNICORN_APP_ERRORS = re.compile(
     r"^(Failed to find attribute|Failed to parse|Failed to find application|"
     r"Application object must be callable|Function reference must be)")
-# gunicorn halting because a worker could not load the app (3) / boot (4). gunicorn ≥24
-# can die of a second HaltServer while stopping (exit 1): its log still says why.
-_HALT = re.compile(r"(Worker failed to boot|App failed to load)\.|Worker \(pid:\d+\) "
-                   r"exited with code ([34])\b")
+# gunicorn halting because a worker could not boot (3) / load the app (4). gunicorn ≥24
+# can die of a second HaltServer while stopping (exit 1): its log still says why. With
+# --preload the master loads the app itself and dies of AppImportError (exit 1).
+_HALT = re.compile(r"(Worker failed to boot|App failed to load)\."
+                   r"|^(gunicorn\.errors\.AppImportError): "
+                   r"|Worker \(pid:\d+\) exited with code ([34])\b")
+_HALT_CODES = {"Worker failed to boot": 3, "App failed to load": 4,
+               "gunicorn.errors.AppImportError": 4}
 _FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+)')
 _SUPERVISORD_EXIT = re.compile(
     r" exited: (?P<name>\S+) \((?:exit status (?P<code>\d+)|terminated by (?P<sig>SIG\w+))")
@@ -63,7 +67,7 @@ def load_failure(lines, code, command):
     for line in lines:
         m = _HALT.search(line)
         if m:
-            return int(m.group(2)) if m.group(2) else 3 if m.group(1).startswith("W") else 4
+            return int(m.group(3)) if m.group(3) else _HALT_CODES[m.group(1) or m.group(2)]
     return None
 
 
@@ -90,7 +94,9 @@ def cause(lines):
                 frame = _FRAME.match(line) or frame
                 continue
             in_traceback = False
-            if not line.startswith("gunicorn.errors.HaltServer"):  # gunicorn's, not the app's
+            if line.startswith("gunicorn.errors.AppImportError: "):  # --preload
+                app_error = line.split(": ", 1)[1]
+            elif not line.startswith("gunicorn.errors.HaltServer"):  # gunicorn's, not the app's
                 exception = _with_location(line, frame)
             continue
         if not line.strip():

@@ -257,7 +257,7 @@ def test_measure_failure_quotes_the_cause(tmp_path):
             proc.kill()
 
 
-# ─── the app's source: module, attribute, run_server (fixture apps of real shapes) ──────
+# ─── the app's source: module, attribute, run_server (fixture apps of real shapes) ───
 SHAPES = os.path.join(os.path.dirname(__file__), "fixtures", "shapes")
 
 

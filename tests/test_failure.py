@@ -25,6 +25,9 @@ def log(name):
                                "'server' in 'noserver'."),
     ("20.1.0-ok.log", 4, "app failed to load (exit 4): Failed to parse 'server(' as an "
                          "attribute name or function call."),
+    # --preload: the master loads the app, raises AppImportError and exits 1.
+    ("main-preload-noserver.log", 1, "app failed to load (exit 1): Failed to find attribute "
+                                     "'server' in 'noserver'."),
 ])
 def test_cause_across_gunicorn_versions(name, code, line):
     lines = this_run(log(name))
