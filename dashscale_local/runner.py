@@ -858,8 +858,8 @@ class Runner:
                     self.out.system(f"reload: {t} changed; rolling {len(names)} replica(s)")
                     try:
                         await self._roll(t, names)
-                    except RuntimeFailure as exc:
-                        what[-1] = f"roll of {t} FAILED ({exc}); old replicas kept"
+                    except RuntimeFailure:  # _roll said why
+                        what[-1] = f"roll of {t} FAILED; old replicas kept"
             self._save_state()
             summary = "; ".join(what) or "formation " + format_formation(counts)
             self.out.system(f"reload applied in {time.monotonic() - t0:.2f}s: {summary}")
