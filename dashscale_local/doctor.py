@@ -12,6 +12,11 @@ web-not-wsgi              warning  ``web`` does not run a WSGI server (``python 
                                    Dash's single-threaded development server)
 app-module-missing        error    the gunicorn APP_MODULE / ``python FILE`` / ``-m MOD``
                                    cannot be found
+app-attr-missing          error    the gunicorn ``module:attr`` names an attribute the module
+                                   never defines (when the source tells for sure), with the fix
+run-server-removed        error    ``app.run_server(`` with Dash ≥ 3 in the replicas'
+                          warning  environment (removed: ``app.run``): an error when the
+                                   Procfile command reaches the call, else a warning
 gunicorn-args             warning  gunicorn would reject its arguments
 gunicorn-workers          warning  workers outside 2–4 (Dash Enterprise's recommendation);
                                    from ``-w/--workers``, GUNICORN_CMD_ARGS, gunicorn.conf.py
@@ -61,6 +66,7 @@ from importlib.machinery import PathFinder
 
 import click
 
+from . import appsource
 from .errors import UsageError
 from .sizes import format_size
 from .supervisor import _gunicorn_args, _is_compound, launcher_script
@@ -230,8 +236,10 @@ def _literal_settings(path):
 
 # ─── the doctor ───────────────────────────────────────────────────────────────────────
 class Doctor:
-    def __init__(self, project, shown_procfile):
+    def __init__(self, project, shown_procfile, python=sys.executable):
+        """python: the interpreter that runs the replicas (its Dash version counts)."""
         self.project = project
+        self.python = python
         self.directory = project.directory
         self.report = Report(shown_procfile)
         self.shown_dir = os.path.dirname(shown_procfile)
@@ -314,18 +322,22 @@ class Doctor:
             return
         pf = self.report.procfile_path
         if rest[0] == "-m":
-            if len(rest) > 1 and self.find_module(rest[1], [self.directory]) is None:
+            found = self.find_module(rest[1], [self.directory]) if len(rest) > 1 else ""
+            if found is None:
                 self.add("error", "app-module-missing", pf, ptype.line,
                          f"{ptype.name}: module {rest[1]!r} not found (in "
                          f"{self.shown(self.directory) or '.'} or installed packages)")
+            elif found and found != "installed":
+                self.check_run_server(ptype, found, f"python -m {rest[1]}")
             return
         script = expand_vars(rest[0], self.env)
-        if "$" not in script and not os.path.exists(os.path.join(self.directory, script)):
+        path = os.path.join(self.directory, script)
+        if "$" not in script and not os.path.exists(path):
             self.add("error", "app-module-missing", pf, ptype.line,
                      f"{ptype.name}: {script} not found")
-        elif script.endswith(".py"):
-            path = os.path.join(self.directory, script)
+        elif script.endswith(".py") and os.path.isfile(path):
             self.check_secrets(ptype, path, [os.path.dirname(path)])
+            self.check_run_server(ptype, path, f"python {script}")
 
     # -- gunicorn -------------------------------------------------------------
     def check_gunicorn(self, ptype, args):
@@ -389,6 +401,8 @@ class Doctor:
                          "not installed)")
             elif found != "installed":
                 module_file = found
+                self.check_app_attr(ptype, app, module_file)
+                self.check_run_server(ptype, module_file, None)
         self.check_secrets(ptype, module_file, roots)
 
         # workers
@@ -445,6 +459,48 @@ class Doctor:
                          "before gunicorn forks are shared between workers (Dash "
                          "Enterprise's warning); create it after the fork (lazily, or in a "
                          "post_fork hook) or drop --preload")
+
+    # -- the app's source -----------------------------------------------------
+    def check_app_attr(self, ptype, app, module_file):
+        """gunicorn ``module:attr``: the module must bind ``attr`` when imported."""
+        module, _, spec = app.partition(":")
+        attr = re.match(r"\s*([A-Za-z_]\w*)", spec or "application")
+        tree = appsource.parse(module_file)
+        if attr is None or tree is None:
+            return
+        attr = attr.group(1)
+        names = appsource.module_names(tree)
+        package_dir = os.path.dirname(module_file)
+        if names is None or attr in names or (
+                module_file.endswith("__init__.py") and self.find_module(attr, [package_dir])):
+            return  # bound, unknowable, or a submodule of the package
+        dash_app = appsource.dash_assignment(tree)
+        if dash_app:
+            var, line = dash_app
+            fix = (f"add '{attr} = {var}.server' after '{var} = Dash(...)' "
+                   f"({self.shown(module_file)}:{line})")
+        else:
+            fix = f"define '{attr}' at module level (for a Dash app: '{attr} = app.server')"
+        self.add("error", "app-attr-missing", self.report.procfile_path, ptype.line,
+                 f"{ptype.name}: {module!r} defines no {attr!r} (gunicorn needs a WSGI "
+                 f"callable): {fix}")
+
+    def check_run_server(self, ptype, path, run_as_main):
+        """``x.run_server(`` was removed in Dash 3. ``run_as_main``: the command that
+        runs ``path`` as __main__ (``python app.py``), None when it is imported."""
+        tree = appsource.parse(path)
+        calls = appsource.run_server_calls(tree) if tree is not None else []
+        version = appsource.dash_version(self.python) if calls else None
+        if not version or version[0] < 3:
+            return
+        shown_version = ".".join(map(str, version))
+        for line, receiver, where in calls:
+            reached = where == "module" or (where == "main" and run_as_main)
+            how = f"; {run_as_main or 'the Procfile command'!r} ({ptype.name}) runs it" \
+                if reached else ""
+            self.add("error" if reached else "warning", "run-server-removed", self.shown(path),
+                     line, f"'{receiver}.run_server(' was removed in Dash 3 (Dash "
+                     f"{shown_version} here): use '{receiver}.run('{how}")
 
     # -- modules --------------------------------------------------------------
     @staticmethod
@@ -808,17 +864,24 @@ def _log_tail(path, lines=3):
     return " | ".join(tail)
 
 
+def _exit_line(project, ptype_name, code, log_path):
+    """``app failed to load (exit 4): <the cause>`` from the replica's output."""
+    from .failure import LOG_BYTES, explain, this_run
+    from .output import last_lines
+
+    sig = signal.Signals(-code).name if code < 0 else None
+    lines = this_run(last_lines(log_path, 5000, LOG_BYTES))
+    return explain(lines, None if sig else code, sig, project.procfile.types[ptype_name].command)
+
+
 def _measure_running(proc, port, log_path, project, counts, ptype_name, ready_timeout,
                      steady_timeout, started, backend):
-    from .runner import GUNICORN_EXIT
-
     deadline = started + ready_timeout
     while True:
         code = proc.poll()
         if code is not None:
-            why = GUNICORN_EXIT.get(code, "exited")
-            raise RuntimeError(f"{ptype_name}.1 {why} (exit {code}) before answering HTTP: "
-                               f"{_log_tail(log_path)}")
+            raise RuntimeError(f"{ptype_name}.1 did not answer HTTP: "
+                               + _exit_line(project, ptype_name, code, log_path))
         try:
             _http_ready(port)
             break

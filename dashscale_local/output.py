@@ -82,14 +82,14 @@ class LogTail:
         return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
 
 
-def last_lines(path, count=10):
+def last_lines(path, count=10, max_bytes=16384):
     if count <= 0:
         return []  # (lines[-0:] would be all of them)
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - 16384))
+            f.seek(max(0, size - max_bytes))
             data = f.read()
     except OSError:
         return []

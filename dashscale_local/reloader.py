@@ -8,6 +8,9 @@ from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
 DEBOUNCE_S = 0.1
+# inotify also reports reads: the runner's own re-read of a file must not trigger
+# another reload (a bad file was reported ~10 times a second).
+READ_EVENTS = ("opened", "closed_no_write")
 
 
 class _Handler(FileSystemEventHandler):
@@ -15,6 +18,8 @@ class _Handler(FileSystemEventHandler):
         self.watcher = watcher
 
     def on_any_event(self, event):
+        if event.event_type in READ_EVENTS:
+            return
         for path in (getattr(event, "src_path", None), getattr(event, "dest_path", None)):
             if path:
                 self.watcher.seen(os.path.abspath(os.fsdecode(path)))

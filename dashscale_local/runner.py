@@ -16,13 +16,15 @@ from . import rundir
 from .balancer import Pool
 from .config import number
 from .errors import RuntimeFailure, UsageError
+from .failure import GUNICORN_EXIT, LOG_BYTES, cause, explain, load_failure, reason, this_run
 from .formation import replica_port, resolve_formation, format_formation
 from .launch import give_up, write_replica_program
 from .output import LogTail, Printer, last_lines
 from .sizes import format_size
 
 UP_STATES = ("STARTING", "RUNNING")
-GUNICORN_EXIT = {3: "worker failed to boot", 4: "app failed to load"}
+DOWN_STATES = ("BACKOFF", "EXITED", "FATAL")
+FAILED_START_GRACE = 5.0  # s the other replicas get once one cannot load the app
 SUPERVISOR_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED",
                      "FATAL", "UNKNOWN")
 
@@ -45,7 +47,11 @@ class Replica:
         self.memory_limit = 0
         self.spawned_at = None
         self.ready_after = None
-        self.fatal_reported = False
+        self.failure = None        # {"code", "signal", "cause", "line"} once it cannot start
+        self.failing = None        # task reading the cause of a failure
+        self.exit_checked = None   # supervisord's start time of the spawn last checked
+        self.served_pid = None     # the last process that answered HTTP (web)
+        self.awaited = False       # a waiter (start, roll) reports its failure
         self.backoff_reported = None
         self.probe = None
         self.restart_timer = None
@@ -95,6 +101,7 @@ class Runner:
         self.spread = str(settings.get("spread", "false")).lower() in ("1", "true", "yes", "on")
         self.watcher = None
         self.startup_error = None  # raised once stopped (e.g. every replica OOMKilled idle)
+        self._reported_error = None  # the bad edit reported last (reported once)
         self.services = None       # managed Redis/Postgres (services.py), may be empty
         self.autostart = False     # supervisord started the first replicas by itself
         self.memory_history = None  # dashboard.MemoryHistory, sampled every second
@@ -107,6 +114,7 @@ class Runner:
         self.autostart = launched.autostart
         for spec in launched.specs:
             r = self._add_replica_object(spec, launched.tails[spec.name])
+            r.awaited = True  # _await_startup reports its failure, one line per type
             if launched.autostart:
                 r.spawned_at = launched.spawned_at
         for svc in self.services or ():  # a service's log outlives runs: show only this run's lines
@@ -269,19 +277,30 @@ class Runner:
         deadline = time.monotonic() + number(self.settings, "ready_timeout")
         t0 = self.created
         while not self.stopping.is_set():
-            pending = [r for r in self.replicas.values() if not r.ready and r.state != "FATAL"
+            pending = [r for r in self.replicas.values() if not r.ready and not r.failure
                        and not r.oomkilled]
             if not pending:
                 break
+            if any(r.failure and r.failure["cannot_load"] for r in self.replicas.values()):
+                # The app cannot load: the others get a few seconds to say so too.
+                deadline = min(deadline, time.monotonic() + FAILED_START_GRACE)
             if time.monotonic() > deadline:
                 names = ", ".join(r.name for r in pending)
                 self.out.system(f"still not answering after {time.monotonic() - t0:.0f}s: {names}")
                 break
             await asyncio.sleep(0.02)
+        for r in self.replicas.values():
+            r.awaited = False
         if self.stopping.is_set():
             return True
+        failed = [r for r in self.replicas.values() if r.failure]
+        self._report_failed_types(failed)
         web = [r for r in self.replicas.values() if r.type == "web"]
         ready = [r for r in web if r.ready]
+        cannot_load = sorted({r.type for r in failed if r.failure["cannot_load"]})
+        if cannot_load and not (web and not ready):
+            self.out.system(f"{', '.join(cannot_load)} cannot load the app; stopping")
+            return False
         if web and not ready:
             self.out.system("no web replica could start; stopping")
             if all(r.oomkilled for r in web):
@@ -297,6 +316,13 @@ class Runner:
             self.out.system(f"no web replicas: {self.url} answers 503")
         self._event("start", f"started {format_formation(self.counts)}")
         return True
+
+    def _report_failed_types(self, failed):
+        """One line per process type that failed: the cause from its first replica."""
+        for type_ in self.project.type_names:
+            mine = sorted((r for r in failed if r.type == type_), key=lambda r: r.index)
+            if mine:
+                self.out.system(f"{type_}: {mine[0].failure['line']}")
 
     @property
     def url(self):
@@ -344,15 +370,11 @@ class Runner:
             if r.pid is not None:
                 r.restarts += 1
                 if r.state in UP_STATES and not r.oomkilled and not r.restarting:
-                    # It died and supervisord restarted it between two polls: the
-                    # exit status of the old process is still in the info.
-                    code = info.get("exitstatus")
-                    reason = GUNICORN_EXIT.get(code, "killed by a signal" if code in (None, -1)
-                                               else "exited")
-                    r.last_exit = {"code": code, "reason": reason,
-                                   "time": info.get("stop") or time.time()}
-                    self._event("crash", f"{r.name} (pid {r.pid}) exited: {reason}")
+                    # It died and supervisord restarted it between two polls.
+                    self._exited(r, state, info, r.pid)
                 self._event("restart", f"{r.name} restarted (pid {pid})")
+            if r.restarting:  # a restart we asked for: a failure is history
+                r.failure = r.failing = None
             r.pid, r.ready, r.oomkilled, r.restarting = pid, False, False, False
             backend = self.pool.backends.get(r.name)
             r.routed_at_spawn = backend.routed if backend else 0
@@ -377,34 +399,60 @@ class Runner:
         if state not in UP_STATES and r.ready:
             r.ready = False
             self.pool.remove(r.name)
-        if state in ("EXITED", "BACKOFF", "FATAL") and r.state in UP_STATES:
-            code = info.get("exitstatus")
-            reason = GUNICORN_EXIT.get(code, info.get("description") or "")
-            r.last_exit = {"code": code, "reason": reason, "time": info.get("stop") or time.time()}
-            self._event("crash", f"{r.name} exited with code {code} {reason}".strip())
-            if state == "EXITED":
-                self.out.system(f"{r.name} exited with code {code}; supervisord restarts it")
-        if state == "BACKOFF" and r.backoff_reported != r.pid:
-            r.backoff_reported = r.pid
-            self.out.system(f"{r.name} exited while starting ({info.get('description')}); retrying")
-        if state == "FATAL" and not r.fatal_reported:
-            r.fatal_reported = True
-            self._report_failure(r, info)
-        if state in UP_STATES:
-            r.fatal_reported = False
+        if state in DOWN_STATES and info.get("start") != r.exit_checked and not r.failing:
+            r.exit_checked = info.get("start")  # once per spawn
+            self._exited(r, state, info, r.pid)
+        if r.failing and state not in UP_STATES:
+            state = "FATAL"  # kept down by _fail (supervisord says STOPPED or EXITED)
         if r.oomkilled and state not in UP_STATES:
             state = "OOMKILLED"
         r.state = state
         return changed
 
-    def _report_failure(self, r, info):
-        code = info.get("exitstatus")
-        why = GUNICORN_EXIT.get(code, info.get("description", ""))
-        self.out.system(f"{r.name} FAILED to start (exit {code}: {why}); last lines of "
-                        f"{self.sup.log_path(r.name)}:")
-        for line in last_lines(self.sup.log_path(r.name), 12):
-            self.out.system(f"    {line}")
-        self._event("fatal", f"{r.name} failed to start (exit {code})")
+    def _exited(self, r, state, info, pid):
+        """Process ``pid`` of the replica ended (``state``: supervisord's state now; up
+        when it has respawned it already). gunicorn's app that cannot boot or load
+        (exit 3/4) and supervisord giving up are failures (_fail); other exits restart."""
+        if state == "EXITED":
+            code, sig = info.get("exitstatus"), None
+        else:  # supervisord's RPC says 0 for an exit within startsecs: its log says more
+            code, sig = self.sup.exit_status(r.name)
+        run = this_run(last_lines(self.sup.log_path(r.name), 5000, LOG_BYTES), pid)
+        load_code = load_failure(run, code, r.command)
+        r.last_exit = {"code": code, "reason": reason(load_code, sig, "exited"),
+                       "time": info.get("stop") or time.time()}
+        if state == "FATAL" or (load_code and r.served_pid != pid):
+            r.failing = asyncio.ensure_future(self._fail(r, code, sig, run))
+            return
+        status = f"code {code}" if code is not None else sig or "an unknown status"
+        self._event("crash", f"{r.name} (pid {pid or '-'}) exited with {status}")
+        if state == "EXITED" and code in GUNICORN_EXIT:
+            # Final for supervisord (exitcodes), not for a replica that has served:
+            # restart it as Kubernetes restarts a pod.
+            asyncio.ensure_future(asyncio.to_thread(self.sup.start_replica, r.name))
+            self.out.system(f"{r.name} exited with {status}; restarting it")
+        elif state == "EXITED" and code != 0:
+            self.out.system(f"{r.name} exited with {status}; supervisord restarts it")
+        elif state == "BACKOFF" and r.backoff_reported != r.pid:
+            r.backoff_reported = r.pid
+            self.out.system(f"{r.name} exited while starting ({status}); retrying")
+
+    async def _fail(self, r, code, sig, run):
+        """The replica cannot start: keep it down (supervisord would retry it or have
+        respawned it already) and say why in one line, unless a waiter (start, a roll)
+        reports it. r.failure is set once it is down."""
+        me = asyncio.current_task()
+        await asyncio.to_thread(self.sup.stop_replica, r.name, False)
+        if r.failing is not me:
+            return  # restarted meanwhile
+        why = cause(run)
+        line = explain(run, code, sig, r.command, _shown(self.sup.log_path(r.name)))
+        r.failure = {"code": code, "signal": sig, "cause": why, "line": line,
+                     "cannot_load": bool(load_failure(run, code, r.command))}
+        r.last_exit["cause"] = why
+        self._event("fatal", f"{r.name}: {line}")
+        if not r.awaited:
+            self.out.system(f"{r.name}: {line}")
 
     def _start_probe(self, r):
         if r.probe and not r.probe.done():
@@ -428,7 +476,7 @@ class Runner:
             if r.pid != pid:
                 return
             if status is not None:
-                r.ready = True
+                r.ready, r.served_pid = True, pid
                 if self.spread:
                     self._apply_spread(r)  # again: workers forked since the pid appeared
                 if r.ready_after is None and r.spawned_at:
@@ -601,6 +649,7 @@ class Runner:
     def _restart_now(self, name):
         r = self.replicas[name]
         r.restarting = True
+        r.failure = r.failing = None  # a failed replica gets a new chance
         r.spawned_at = time.monotonic()
         self.pool.remove(name)
         self.sup.stop_replica(name)
@@ -642,12 +691,16 @@ class Runner:
         timeout = number(self.settings, "ready_timeout")
         for old_name in names:
             [new] = await self._add_replicas(type_, 1)
+            new.awaited = True  # its failure is reported here, with the roll
             if not await self._wait_ready(new, timeout):
+                why = new.failure["line"] if new.failure else \
+                    f"did not become ready within {timeout:g}s"
                 await self._remove_replica(new)
-                self.out.system(f"rolling {type_}: {new.name} did not become ready; stopped the "
-                                f"roll, {old_name} and the others keep serving")
-                self._event("reload-error", f"roll of {type_} stopped: {new.name} not ready")
-                raise RuntimeFailure(f"{new.name} did not become ready; roll of {type_} stopped")
+                self.out.system(f"rolling {type_}: {new.name} {why}; stopped the roll, "
+                                f"{old_name} and the others keep serving")
+                self._event("reload-error", f"roll of {type_} stopped: {new.name} {why}")
+                raise RuntimeFailure(f"{new.name} {why}; roll of {type_} stopped")
+            new.awaited = False
             await self._remove_replica(self.replicas[old_name])
 
     async def _wait_ready(self, r, timeout):
@@ -656,7 +709,7 @@ class Runner:
         while time.monotonic() < deadline:
             if r.ready:
                 return True
-            if r.state == "FATAL":
+            if r.failure:
                 return False
             await asyncio.sleep(0.02)
         return False
@@ -779,10 +832,9 @@ class Runner:
                 if exc.file is None:  # a cap or formation error: say which file caused it
                     exc.file = self.project.scale_file if self.project.scale_file in paths \
                         else self.project.procfile_path
-                self.out.system(f"reload: {exc} — nothing changed, still running "
-                                f"{format_formation(self.counts)}")
-                self._event("reload-error", str(exc))
+                self._reload_error(exc)
                 return False
+            self._reported_error = None
             old = self.project.procfile.types
             env_changed = env != self.project.env
             removed = [t for t in old if t not in procfile.types]
@@ -812,13 +864,24 @@ class Runner:
                     self.out.system(f"reload: {t} changed; rolling {len(names)} replica(s)")
                     try:
                         await self._roll(t, names)
-                    except RuntimeFailure as exc:
-                        what[-1] = f"roll of {t} FAILED ({exc}); old replicas kept"
+                    except RuntimeFailure:  # _roll said why
+                        what[-1] = f"roll of {t} FAILED; old replicas kept"
             self._save_state()
             summary = "; ".join(what) or "formation " + format_formation(counts)
             self.out.system(f"reload applied in {time.monotonic() - t0:.2f}s: {summary}")
             self._event("reload", summary)
             return True
+
+    def _reload_error(self, exc):
+        """Say what is wrong with an edit once per content of the files: an editor's
+        saves of the same bad text are not news."""
+        key = (str(exc), [_content(path) for path in self.project.watched_files])
+        if key == self._reported_error:
+            return
+        self._reported_error = key
+        self.out.system(f"reload: {exc} — nothing changed, still running "
+                        f"{format_formation(self.counts)}")
+        self._event("reload-error", str(exc))
 
     async def stop(self):
         self.stopping.set()
@@ -893,6 +956,20 @@ class Runner:
             tail = self._tails[r.name] = LogTail(self.sup.log_path(r.name), from_start=True)
         for line in tail.read_lines():
             self.out.line(r.name, line)
+
+
+def _shown(path):
+    """A path as short as it stays clear: relative to the current directory when inside."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith(os.pardir) else rel
+
+
+def _content(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _empty(path):

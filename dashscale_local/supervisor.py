@@ -21,6 +21,7 @@ import threading
 import time
 
 from .config import packaged_text
+from .failure import GUNICORN_EXIT, runs_gunicorn, supervisord_exit
 from .output import LogTail, last_lines
 from .errors import RuntimeFailure
 
@@ -202,6 +203,7 @@ class Supervisord:
             name=name, type=type_, launcher=shlex.quote(_escape(launcher)),
             directory=_escape(directory), run_dir=_escape(self.run_dir),
             umask=f"{self.user_umask:03o}", autostart=str(autostart).lower(),
+            exitcodes=",".join(map(str, [0, *GUNICORN_EXIT] if runs_gunicorn(command) else [0])),
             **{k: _escape(v) for k, v in self.settings.items()})
         _write_private(os.path.join(self.programs_dir, f"{name}.conf"), text)
 
@@ -370,6 +372,12 @@ class Supervisord:
             if fault.faultCode != BAD_NAME:
                 raise
         self.remove_program_file(name)
+
+    def exit_status(self, name):
+        """(code, signal) of ``name``'s last exit from supervisord's log: its RPC says 0
+        for a process that exited within startsecs (BACKOFF, FATAL)."""
+        path = os.path.join(self.run_dir, "logs", "supervisord.log")
+        return supervisord_exit(last_lines(path, 2000), name)
 
     def all_info(self):
         return {info["name"]: info for info in self.call("getAllProcessInfo")}

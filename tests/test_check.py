@@ -2,6 +2,7 @@
 code) it must produce, plus `--measure` on a real replica of the echo app."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -92,7 +93,8 @@ CASES = {
     "gunicorn-conf-file": (
         "web: gunicorn app:server\n",
         {"gunicorn.conf.py": "bind = '0.0.0.0:8000'\n\nworkers = 6\npreload_app = True\n",
-         "app.py": "from sqlalchemy import create_engine\nengine = create_engine('x')\n"},
+         "app.py": "from sqlalchemy import create_engine\nengine = create_engine('x')\n"
+                   "server = object()\n"},
         [("app.py", 2, "preload-shared-pool"), ("gunicorn.conf.py", 1, "bind-all-interfaces"),
          ("gunicorn.conf.py", 1, "bind-fixed-port"),
          ("gunicorn.conf.py", 3, "gunicorn-workers")], [], 0),
@@ -236,17 +238,124 @@ def test_measure_projects_memory_of_a_real_replica(app_dir):
 
 
 @pytest.mark.slow
-def test_measure_failure_is_a_runtime_error(app_dir):
-    (app_dir / "Procfile").write_text("web: gunicorn echo_app:no_such_app --workers 2\n")
+def test_measure_failure_quotes_the_cause(tmp_path):
+    # The static check cannot see a dependency that is not installed; the run does.
+    directory = shape(tmp_path, "import_error", "web: gunicorn app:server --workers 2\n")
     marker = uuid.uuid4().hex
     try:
-        result = cli(app_dir, "check", "--measure", "--json", marker=marker)
+        result = cli(directory, "check", "--measure", "--json", marker=marker)
         assert result.returncode == 1, result.stdout + result.stderr
         data = json.loads(result.stdout)
         [error] = data["errors"]
         assert error["code"] == "measure-failed" and error["line"] == 1
-        assert "failed to load" in error["message"].lower()  # gunicorn's own words
+        assert error["message"] == (
+            "--measure: web.1 did not answer HTTP: worker failed to boot (exit 3): "
+            "ModuleNotFoundError: No module named 'plotly_theme_kit_missing'")
         assert not processes_with_marker(marker)
     finally:
         for proc in processes_with_marker(marker):
             proc.kill()
+
+
+# ─── the app's source: module, attribute, run_server (fixture apps of real shapes) ───
+SHAPES = os.path.join(os.path.dirname(__file__), "fixtures", "shapes")
+
+
+def shape(tmp_path, name, procfile):
+    shutil.copytree(os.path.join(SHAPES, name), tmp_path, dirs_exist_ok=True)
+    (tmp_path / "Procfile").write_text(procfile)
+    return tmp_path
+
+
+def test_missing_attribute_is_an_error_with_the_fix(tmp_path):
+    directory = shape(tmp_path, "no_server", "web: gunicorn app:server --workers 2\n")
+    code, data = run_check(directory)
+    assert code == 2
+    [error] = data["errors"]
+    assert (error["code"], error["line"]) == ("app-attr-missing", 1)
+    assert error["message"] == (
+        "web: 'app' defines no 'server' (gunicorn needs a WSGI callable): add "
+        f"'server = app.server' after 'app = Dash(...)' ({directory}/app.py:6)")
+
+
+@pytest.mark.parametrize("name, procfile", [
+    ("packaged", "web: gunicorn app.main:server --workers 2\n"),
+    ("toplevel_main", "web: gunicorn main:server --workers 2\n"),
+    ("pages", "web: gunicorn app:server --workers 2\n"),
+    ("chdir", "web: gunicorn --chdir src dashboard:server --workers 2\n"),
+    ("import_error", "web: gunicorn app:server --workers 2\n"),  # only a run can tell
+])
+def test_apps_of_real_shapes_have_no_findings(tmp_path, name, procfile):
+    code, data = run_check(shape(tmp_path, name, procfile))
+    assert (code, data["errors"], data["warnings"]) == (0, [], [])
+
+
+@pytest.mark.parametrize("procfile, module", [
+    ("web: gunicorn app.mian:server -w 2\n", "app.mian"),
+    ("web: gunicorn --chdir source dashboard:server -w 2\n", "dashboard"),
+])
+def test_missing_module_of_a_packaged_app(tmp_path, procfile, module):
+    name = "packaged" if module.startswith("app.") else "chdir"
+    code, data = run_check(shape(tmp_path, name, procfile))
+    assert code == 2
+    [error] = data["errors"]
+    assert error["code"] == "app-module-missing" and repr(module) in error["message"]
+
+
+@pytest.mark.parametrize("source", [
+    "from dash_setup import *\n",                        # a star import may bind it
+    "globals()['server'] = object()\n",                  # bound at run time
+    "def __getattr__(name):\n    return object()\n",     # module __getattr__
+    "try:\n    from wsgi import server\nexcept ImportError:\n    server = None\n",
+    "if True:\n    server, other = object(), 1\n",
+])
+def test_attribute_check_is_silent_when_unsure_or_bound(tmp_path, source):
+    directory = project(tmp_path, "web: gunicorn app:server -w 2\n", {"app.py": source})
+    code, data = run_check(directory)
+    assert [e["code"] for e in data["errors"]] == [] and code == 0
+
+
+def test_attribute_under_main_guard_does_not_count(tmp_path):
+    source = "import flask\nif __name__ == '__main__':\n    server = flask.Flask('x')\n"
+    code, data = run_check(project(tmp_path, "web: gunicorn app:server -w 2\n",
+                                   {"app.py": source}))
+    assert [e["code"] for e in data["errors"]] == ["app-attr-missing"]
+    assert "define 'server' at module level" in data["errors"][0]["message"]
+
+
+def needs_dash_3():
+    from dashscale_local.appsource import dash_version
+    version = dash_version(sys.executable)
+    assert version is not None, "the test venv has Dash"
+    if version[0] < 3:
+        pytest.skip(f"Dash {version} here: run_server still exists")
+    return ".".join(map(str, version))
+
+
+def test_run_server_on_dash_3_reached_from_the_procfile_is_an_error(tmp_path):
+    version = needs_dash_3()
+    directory = shape(tmp_path, "legacy", "web: python app.py\n")
+    code, data = run_check(directory)
+    assert code == 2
+    [error] = data["errors"]
+    assert (os.path.basename(error["file"]), error["line"], error["code"]) == \
+        ("app.py", 10, "run-server-removed")
+    assert error["message"] == (f"'app.run_server(' was removed in Dash 3 (Dash {version} "
+                                "here): use 'app.run('; 'python app.py' (web) runs it")
+
+
+def test_run_server_not_reached_is_a_warning(tmp_path):
+    needs_dash_3()
+    directory = shape(tmp_path, "legacy", "web: gunicorn app:server -w 2\n")
+    code, data = run_check(directory)
+    assert code == 0 and data["errors"] == []
+    assert found(data) == [("app.py", 10, "run-server-removed")]
+
+
+def test_dash_version_comes_from_the_given_interpreter(tmp_path):
+    from dashscale_local.appsource import dash_version
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 2.18.1\n")
+    fake.chmod(0o755)
+    assert dash_version(str(fake)) == (2, 18, 1)
+    assert dash_version(str(tmp_path / "missing")) is None

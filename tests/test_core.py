@@ -178,8 +178,9 @@ def test_bad_module_is_reported_fatal(dashscale):
     code = run.process.wait(90)
     out = run.output()
     assert code == 1, out
-    assert "web.1 FAILED to start" in out
-    assert "No module named 'no_such_module'" in out or "ModuleNotFoundError" in out
+    # One line with the cause (the exception's last line) and the log to read.
+    assert "dashscale | web: worker failed to boot (exit 3): ModuleNotFoundError: No module " \
+        "named 'no_such_module' — see .dashscale/logs/web.1.log" in out
     assert processes_with_marker(run.run_id) == []
 
 
