@@ -49,7 +49,7 @@ class LazyGroup(click.Group):
     supervisord (start-up time is a benchmark)."""
 
     lazy = {"bench": "bench:bench", "export": "export:export", "check": "doctor:check",
-            "top": "top:top"}
+            "top": "top:top", "init": "init:init"}
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
