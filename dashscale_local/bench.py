@@ -332,7 +332,7 @@ def summarize(run, total_workers=None, callback_seconds=None, workers_source="st
         "callback_max_s": rnd(max((c.seconds for c in ok_calls), default=None)),
         "callback_s": rnd(cb_time),
         "callback_s_source": "--callback-seconds" if callback_seconds is not None
-                             else "each callback's fastest time on a worker",
+                             else "each one's fastest on a worker",
         "callback_unloaded_s": {k: rnd(v) for k, v in unloaded.items()},
         "total_workers": total_workers,
         "workers_source": workers_source,
@@ -364,7 +364,9 @@ def _order(name):
 # -- text output ---------------------------------------------------------------------
 
 def _s(v):
-    return "-" if v is None else f"{v:.2f}s"
+    if v is None:
+        return "-"
+    return f"{v * 1000:.1f}ms" if v < 0.1 else f"{v:.2f}s"
 
 
 def format_report(s, formation=None):
@@ -396,8 +398,8 @@ def format_report(s, formation=None):
     elif s["ideal_s"] is not None:
         lines.append(f"ideal       {_s(s['ideal_s'])} = {n} callbacks × {s['users']} "
                      f"user{'s' * (s['users'] != 1)} on {s['total_workers']} workers, "
-                     f"chains in order, each callback at {s['callback_s_source']} "
-                     f"(longest {_s(s['callback_s'])}; workers: {s['workers_source']})")
+                     f"chains in order (callback time: {s['callback_s_source']}, longest "
+                     f"{_s(s['callback_s'])}; workers: {s['workers_source']})")
         if s["ratio"] is not None:
             lines.append(f"ratio       click p50 / ideal = {s['ratio']:.2f}")
     if s["throughput_clicks_per_s"] is not None:
