@@ -12,8 +12,8 @@ requirements.
 import ast
 import os
 import re
-from dataclasses import dataclass, field
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import click
 
@@ -39,13 +39,15 @@ class Candidate:
     dash_var: Optional[str] = None      # `app` in `app = Dash(...)` at module level
     dash_in_function: Optional[str] = None
     server_line: Optional[int] = None   # module-level `server` defined here
+    server_imported: bool = False  # `from app import app, server`: the entry point
     runs: bool = False             # app.run(...) / if __name__ == "__main__"
-    notes: List[str] = field(default_factory=list)
 
     @property
     def rank(self):
-        return (self.server_line is None, not self.runs, self.dash_line is None,
-                self.path.count(os.sep), self.path)
+        """Best first: defines `server`; imports it (index.py over app.py in Dash's
+        multi-page layout, where index.py sets the layout); runs the app; creates it."""
+        return (self.server_line is None, not self.server_imported, not self.runs,
+                self.dash_line is None, self.path.count(os.sep), self.path)
 
 
 # ─── scanning ─────────────────────────────────────────────────────────────────────────
@@ -142,7 +144,7 @@ def scan_file(directory, relpath):
             cand.server_line = node.lineno
         elif isinstance(node, ast.ImportFrom) and any(
                 (a.asname or a.name) == "server" for a in node.names):
-            cand.server_line = node.lineno
+            cand.server_line, cand.server_imported = node.lineno, True
         elif isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
             cand.runs = True
     if cand.dash_line is None:  # Dash(...) inside a factory function

@@ -109,6 +109,24 @@ def test_app_packaged_as_a_folder(tmp_path):
     assert "fix: app/__init__.py:6: Dash(...) is created inside create_app()" in res.output
 
 
+def test_multi_page_index_is_the_entry_point(tmp_path):
+    """Dash's classic multi-page layout: app.py creates app and server, index.py imports
+    them, sets the layout and imports the pages; gunicorn must load index:server."""
+    tree(tmp_path, {
+        "app.py": "import dash\n\napp = dash.Dash(__name__, suppress_callback_exceptions=True)"
+                  "\nserver = app.server\n",
+        "index.py": "from dash import dcc, html\n\nfrom app import app, server\n"
+                    "from apps import overview\n\napp.layout = html.Div([dcc.Location(id='url'),"
+                    " html.Div(id='page')])\n\nif __name__ == '__main__':\n"
+                    "    app.run_server(debug=True)\n",
+        "apps/__init__.py": "", "apps/overview.py": "from app import app\n",
+        "requirements.txt": "dash==1.0.0\ngunicorn==19.9.0\n"})
+    res = init(tmp_path)
+    assert procfile(tmp_path) == "web: gunicorn index:server --workers 2\n"
+    assert "Dash app: index.py:3 (module index; defines `server`)" in res.output
+    assert "also found: app.py:3" in res.output and "fix:" not in res.output
+
+
 def test_src_layout_and_nested_module(tmp_path):
     tree(tmp_path, {"src/dashboard/__init__.py": "", "requirements.txt": "gunicorn\n",
                     "src/dashboard/main.py": FLAT.replace("import dash\n", "import dash as d\n")
