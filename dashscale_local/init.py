@@ -40,6 +40,7 @@ class Candidate:
     dash_in_function: Optional[str] = None
     server_line: Optional[int] = None   # module-level `server` defined here
     server_imported: bool = False  # `from app import app, server`: the entry point
+    server_of_app: bool = False    # `server = <x>.server` or imported `server`
     runs: bool = False             # app.run(...) / if __name__ == "__main__"
 
     @property
@@ -140,11 +141,14 @@ def scan_file(directory, relpath):
                 cand.dash_line, cand.dash_var = node.lineno, (_targets(node) or [None])[0]
             if "server" in _targets(node):
                 cand.server_line = node.lineno
+                cand.server_of_app = isinstance(node.value, ast.Attribute) and \
+                    node.value.attr == "server"
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == "server":
             cand.server_line = node.lineno
         elif isinstance(node, ast.ImportFrom) and any(
                 (a.asname or a.name) == "server" for a in node.names):
             cand.server_line, cand.server_imported = node.lineno, True
+            cand.server_of_app = True
         elif isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
             cand.runs = True
     if cand.dash_line is None:  # Dash(...) inside a factory function
@@ -157,8 +161,8 @@ def scan_file(directory, relpath):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
                 node.func.attr in ("run", "run_server"):
             cand.runs = True
-    if cand.dash_line is None and cand.server_line is None:
-        return None
+    if cand.dash_line is None and not cand.server_of_app:
+        return None  # `server = "db.local"` in a config module is no Dash app
     return cand
 
 

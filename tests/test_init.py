@@ -152,7 +152,8 @@ def test_skips_venvs_tests_and_the_run_dir(tmp_path):
     tree(tmp_path, {".venv/lib/python3.11/site-packages/dash/dash.py": FLAT,
                     "env2/pyvenv.cfg": "home = /usr\n", "env2/lib/app.py": FLAT,
                     "tests/test_app.py": FLAT, "node_modules/x/app.py": FLAT,
-                    ".dashscale/app.py": FLAT, "notes.py": "print('hi')\n"})
+                    ".dashscale/app.py": FLAT, "notes.py": "print('hi')\n",
+                    "config.py": "server = 'db.local'\n", "broken.py": "def (:\n"})
     res = init(tmp_path, expect=2)
     assert res.output.strip() == (f"dashscale: no Dash app found in {tmp_path} (no .py file "
                                   "creates Dash(...) or defines `server`)")
