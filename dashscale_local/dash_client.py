@@ -265,6 +265,7 @@ class DashApp:
         self.dependencies = dependencies
         self.callbacks = parse_dependencies(dependencies)
         self.rendered, self.render_errors = [], []  # callbacks resolve() fired
+        self.unapplied = []  # `sets` keys whose component never appeared
         parsed = urllib.parse.urlsplit(url or "http://localhost/")
         prefix = self.config.get("requests_pathname_prefix") or \
             self.config.get("url_base_pathname") or parsed.path or "/"
@@ -385,17 +386,33 @@ class DashApp:
                     if not any(cb.index in self.descendants(o) for o in ready)] or ready
             if not todo:
                 break
-            for cb in todo:
-                fired.add(cb.index)
-                try:
-                    update = fire(self.build_request(cb, self.values, changed))
-                except DashProtocolError as exc:
-                    self.render_errors.append(f"{cb.name}: {exc}")
+            fired |= {cb.index for cb in todo}
+            for cb, update, error in self._fire_all(fire, todo, changed):
+                if error:
+                    self.render_errors.append(f"{cb.name}: {error}")
                     continue
                 self.rendered.append(cb.name)
                 if update:
                     pending.update(update_changes(cb, update))
         self._write(pending)
+        self.unapplied = sorted(set(pending) & set(sets or {}))
+
+    def _fire_all(self, fire, callbacks, changed):
+        """[(cb, update, error)]: the callbacks fired at once, as the renderer does."""
+        def one(cb):
+            try:
+                return cb, fire(bodies[cb.index]), None
+            except DashProtocolError as exc:
+                return cb, None, str(exc)
+        bodies = {cb.index: self.build_request(cb, self.values, changed) for cb in callbacks}
+        if len(callbacks) == 1:
+            return [one(callbacks[0])]
+        with concurrent.futures.ThreadPoolExecutor(BROWSER_CONNECTIONS) as pool:
+            return list(pool.map(one, callbacks))
+
+    def known_ids(self, limit=12):
+        ids = sorted(str(i) for i in self._ids)
+        return ", ".join(ids[:limit]) + (" …" if len(ids) > limit else "")
 
     def has_component(self, key):
         try:
@@ -423,6 +440,9 @@ class DashApp:
         app = self.fresh()
         app.resolve(fire, sets)
         app.chosen = sets
+        if app.unapplied:
+            raise DashProtocolError(f"cannot set {app.unapplied[0]}: no such component on "
+                                    f"the page {app.page_path} (ids: {app.known_ids()})")
         if want is None or app.has_component(want):
             return app
         for extra in app.tab_choices()[:max_tries]:
@@ -468,10 +488,10 @@ class DashApp:
         id_, prop = split_prop_id(input)
         key = prop_id(id_, prop)
         if stringify_id(id_) not in self._ids:
-            known = ", ".join(sorted(str(i) for i in self._ids)[:12])
             raise DashProtocolError(f"no component '{stringify_id(id_)}' on the page "
-                                    f"{self.page_path} (ids: {known}); to reach one that "
-                                    "another choice renders, pass --set ID.PROP=VALUE")
+                                    f"{self.page_path} (ids: {self.known_ids()}); to reach "
+                                    "one that another choice renders, pass --set "
+                                    "ID.PROP=VALUE")
         if not any(self._input_matches(d, key) for cb in self.callbacks for d in cb.inputs):
             raise DashProtocolError(f"'{key}' is not an Input of any callback")
         return key

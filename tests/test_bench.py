@@ -498,6 +498,9 @@ def test_tab_content_is_rendered_and_other_tabs_are_tried(tabs_module, monkeypat
     assert chosen.default_input() == "run.n_clicks"
     assert B.parse_sets(["tabs.value=compute", "n.value=3", 'x.data={"a":1}']) == \
         {"tabs.value": "compute", "n.value": 3, "x.data": {"a": 1}}
+    with pytest.raises(DashProtocolError, match=r"cannot set nope.value: no such component "
+                                                r"on the page / \(ids: details, "):
+        app.resolved(fire, {"nope.value": 1})
     for bad in ("tabs=compute", "novalue", "=3"):
         with pytest.raises(B.UsageError, match="--set: expected ID.PROP=VALUE"):
             B.parse_sets([bad])
@@ -584,3 +587,25 @@ def test_service_times_take_queueing_out():
     times = B.service_times([click], 1)
     assert times == pytest.approx({"g1": 0.5, "g2": 0.5, "g3": 0.5, "g4": 0.499})
     assert B.service_times([click], 2)["g3"] == pytest.approx(0.998)  # 2 workers: no wait
+
+
+def test_callbacks_rendering_on_load_fire_together():
+    """Two callbacks render from the URL (a Dash 1.x multi-page app's shape): both fire
+    in the same round, concurrently, and what they return joins the layout."""
+    layout = {"type": "Div", "props": {"children": [
+        _component("Location", "url"), _component("Div", "nav"), _component("Div", "page")]}}
+    deps = [_dep("nav.children", "url.pathname"), _dep("page.children", "url.pathname"),
+            _dep("out.children", "go.n_clicks")]
+    barrier = threading.Barrier(2, timeout=10)
+
+    def fire(body):
+        barrier.wait()  # both requests are in flight at once, or this times out
+        if body["output"] == "page.children":
+            return {"page": {"children": [_component("Button", "go", n_clicks=0),
+                                          _component("Div", "out")]}}
+        return {"nav": {"children": body["inputs"][0]["value"]}}
+
+    app = DashApp.from_json(layout, deps, url="http://h:1/apps/sales").resolved(fire)
+    assert sorted(app.rendered) == ["nav.children", "page.children"]
+    assert app.values["nav.children"] == "/apps/sales"
+    assert app.default_input() == "go.n_clicks" and app.render_errors == []
