@@ -157,9 +157,11 @@ def scan_file(directory, relpath):
             if call is not None:
                 cand.dash_line, cand.dash_in_function = call.lineno, fn.name
                 break
+    runners = {cand.dash_var or "app", "app"}  # app.run(...), not subprocess.run(...)
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-                node.func.attr in ("run", "run_server"):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
+                node.func.attr == "run_server" or node.func.attr == "run" and
+                isinstance(node.func.value, ast.Name) and node.func.value.id in runners):
             cand.runs = True
     if cand.dash_line is None and not cand.server_of_app:
         return None  # `server = "db.local"` in a config module is no Dash app

@@ -188,3 +188,15 @@ def test_init_then_start_serves_the_app(dashscale, tmp_path):
     assert headers["X-Dashscale-Replica"] in ("web.1", "web.2")
     status, _headers, body = run.get("/_dash-layout")
     assert status == 200 and b"hello from a flat app" in body
+
+
+def test_without_server_the_module_that_runs_the_app_wins(tmp_path):
+    tree(tmp_path, {
+        "a_helpers.py": "import subprocess\nfrom dash import Dash\n\nspare = Dash('x')\n"
+                        "subprocess.run(['true'])\n",
+        "dashboard.py": NO_SERVER.replace("app.run_server(debug=True)", "app.run(debug=True)"),
+        "requirements.txt": "gunicorn\n"})
+    res = init(tmp_path)
+    assert procfile(tmp_path) == "web: gunicorn dashboard:server --workers 2\n"
+    assert "also found: a_helpers.py:4" in res.output
+    assert "fix: dashboard.py:3: add `server = app.server`" in res.output
