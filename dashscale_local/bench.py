@@ -94,12 +94,6 @@ def web_workers(status):
     return sum(per.values()), per
 
 
-def ideal_seconds(callbacks, users, workers, callback_s):
-    if not callbacks or not workers or callback_s is None:
-        return None
-    return math.ceil(callbacks * users / workers) * callback_s
-
-
 def ideal_schedule(seconds, upstream, users, workers):
     """The least time for one click per user on `workers` workers: every callback takes
     its unloaded time (`seconds`, {name: s}) and starts once the callbacks it is chained

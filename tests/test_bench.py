@@ -241,10 +241,6 @@ def test_workers_and_ideal():
         {"name": "worker.1", "type": "worker", "ready": True, "command": "gunicorn a:s -w 4"},
         {"name": "web.3", "type": "web", "ready": True, "command": "gunicorn a:s"}]}
     assert B.web_workers(status) == (5, {"web.1": 4, "web.3": 1})
-    assert B.ideal_seconds(4, 1, 4, 2.0) == 2.0
-    assert B.ideal_seconds(4, 1, 1, 2.0) == 8.0
-    assert B.ideal_seconds(4, 4, 16, 2.0) == 2.0
-    assert B.ideal_seconds(4, 3, 8, 2.0) == 4.0
     assert B.percentile([1, 2, 3, 4], 50) == 2.5 and B.percentile([5], 95) == 5
 
 
@@ -563,8 +559,10 @@ def test_bench_a_dash_pages_page_on_two_replicas(dashscale, tmp_path):
 def test_ideal_schedule():
     s = B.ideal_schedule
     four = {f"g{i}": 2.0 for i in range(4)}
-    for users, workers in ((1, 4), (1, 1), (4, 16), (3, 8), (1, 3)):
-        assert s(four, {}, users, workers) == B.ideal_seconds(4, users, workers, 2.0)
+    # n equal callbacks: ceil(n × users / workers) × their time
+    for users, workers, ideal in ((1, 4, 2.0), (1, 1, 8.0), (4, 16, 2.0), (3, 8, 4.0),
+                                  (1, 3, 4.0)):
+        assert s(four, {}, users, workers) == ideal
     # two slow queries and a fast summary chained on both: the summary waits for them
     page = {"sales": 0.3, "costs": 0.3, "summary": 0.01}
     chains = {"summary": ["sales", "costs"]}
