@@ -49,7 +49,7 @@ class LazyGroup(click.Group):
     supervisord (start-up time is a benchmark)."""
 
     lazy = {"bench": "bench:bench", "export": "export:export", "check": "doctor:check",
-            "top": "top:top"}
+            "top": "top:top", "init": "init:init"}
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
@@ -144,7 +144,7 @@ def status(procfile, as_json):
     click.echo(f"proxy {data['proxy']['url']}  formation "
                + ",".join(f"{k}={v}" for k, v in data["formation"].items()))
     rows = [("REPLICA", "STATE", "PID", "PORT", "READY", "MEMORY / LIMIT", "PEAK", "RESTARTS",
-             "OOM", "SERVED")]
+             "OOM", "SERVED", "5XX")]
     notes = []
     for r in data["replicas"]:
         used, limit = r["memory_bytes"], r["memory_limit_bytes"]
@@ -155,7 +155,8 @@ def status(procfile, as_json):
         rows.append((r["name"], r["state"], str(r["pid"] or "-"), str(r["port"]),
                      "yes" if r["ready"] else "no", mem,
                      format_size(r.get("peak_memory_bytes", 0)), str(r["restarts"]),
-                     str(r["oom_kills"]), str(r.get("proxy", {}).get("served", 0))))
+                     str(r["oom_kills"]), str(r.get("proxy", {}).get("served", 0)),
+                     str(r.get("proxy", {}).get("status_5xx", 0))))
         ex = r.get("last_exit") or {}
         if r["state"] == "OOMKILLED" and ex.get("reason") == "OOMKilled":
             then = ("restarts at " + time.strftime("%H:%M:%S", time.localtime(ex["restart_at"]))
@@ -170,10 +171,21 @@ def status(procfile, as_json):
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     for note in notes:
         click.echo(note)
-    m = data["memory"]
-    click.echo(f"memory {format_size(m['total_bytes'])} of max {format_size(m['max_bytes'])} "
-               f"({m.get('metric', 'pss')})")
+    click.echo(_memory_line(data["memory"]))
     _echo_services(data.get("services") or [])
+
+
+def _memory_line(m, ram=None):
+    """`memory X of max Y (pss)`, noting when the limits add up to more than this
+    machine's RAM (a replica would meet the machine's limit before its own)."""
+    if ram is None:
+        import psutil
+        ram = psutil.virtual_memory().total
+    line = (f"memory {format_size(m['total_bytes'])} of max {format_size(m['max_bytes'])} "
+            f"({m.get('metric', 'pss')})")
+    if m["max_bytes"] > ram:
+        line += (f" — the limits add up to more than this machine's {format_size(ram)} RAM")
+    return line
 
 
 def _echo_services(services):

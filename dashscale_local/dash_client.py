@@ -17,6 +17,7 @@ Only the standard library is used for HTTP (http.client), so the client's own co
 small and measurable (`CallResult.queued_s`, `CallResult.decode_s`).
 """
 import concurrent.futures
+import copy
 import http.client
 import http.cookies
 import json
@@ -31,6 +32,10 @@ REPLICA_HEADER = "X-Dashscale-Replica"
 BROWSER_CONNECTIONS = 6  # HTTP/1.1 connections a browser opens per host
 WILDCARDS = ("MATCH", "ALL", "ALLSMALLER")
 _MISSING = object()
+# props that change on a user action or a timer, not while a page loads
+ACTION_PROPS = {"n_clicks", "n_clicks_timestamp", "n_intervals", "n_submit",
+                "n_submit_timestamp", "n_blur", "n_blur_timestamp"}
+NOT_BUTTONS = {"Store", "Interval", "Location"}  # have n_* props or data, never clicked
 _CONFIG_RE = re.compile(rb'<script[^>]*id="_dash-config"[^>]*>(.*?)</script>', re.S)
 
 
@@ -226,6 +231,14 @@ def decode_response(status, body):
     return {"__single__": data["response"].get("props", {})}  # dash < 1.11 form
 
 
+def update_changes(cb, update):
+    """A decoded update → {prop id: value}."""
+    if "__single__" in update and cb.outputs:
+        update = {stringify_id(cb.outputs[0]["id"]): update["__single__"]}
+    return {f"{id_}.{prop}": value for id_, props in update.items() if isinstance(props, dict)
+            for prop, value in props.items()}
+
+
 @dataclass
 class Plan:
     """What a click on `input` makes the browser do."""
@@ -249,20 +262,30 @@ class DashApp:
         self.url = url
         self.config = config or {}
         self.layout = layout
+        self.dependencies = dependencies
         self.callbacks = parse_dependencies(dependencies)
+        self.rendered, self.render_errors = [], []  # callbacks resolve() fired
+        self.unapplied = []  # `sets` keys whose component never appeared
         parsed = urllib.parse.urlsplit(url or "http://localhost/")
         prefix = self.config.get("requests_pathname_prefix") or \
             self.config.get("url_base_pathname") or parsed.path or "/"
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
-        self.components = list(walk_layout(layout))
+        self.page_path = parsed.path or "/"     # the browser's location, for dcc.Location
+        self.page_search = f"?{parsed.query}" if parsed.query else ""
+        self._index()
+        self._descendants = {}
+        self.cookies = {}   # cookies the page set (a CSRF token, say), for sessions
+        self.chosen = {}    # prop values set to reach the layout ({"tabs.value": "tab-2"})
+
+    def _index(self):
+        """(Re)read the components and their values from the layout tree."""
+        self.components = list(walk_layout(self.layout))
         self.values = {}
         for id_, props, _type in self.components:
             for prop, value in props.items():
                 if prop != "id":
                     self.values[prop_id(id_, prop)] = value
         self._ids = {stringify_id(c[0]) for c in self.components}
-        self._descendants = {}
-        self.cookies = {}   # cookies the page set (a CSRF token, say), for sessions
 
     @classmethod
     def from_json(cls, layout, dependencies, config=None, url=None):
@@ -302,31 +325,173 @@ class DashApp:
         app.cookies = dict(client.cookies)
         return app
 
+    # -- the page a browser shows ----------------------------------------------------
+    def fresh(self):
+        """A copy with the layout as served (resolve() changes the layout in place)."""
+        app = DashApp(self.url, copy.deepcopy(self.layout), self.dependencies, self.config)
+        app.cookies = dict(self.cookies)
+        return app
+
+    def location_changes(self):
+        """What each dcc.Location reads from the address bar when the page loads."""
+        changes = {}
+        for id_, _props, type_ in self.components:
+            if type_ == "Location":
+                for prop, value in (("pathname", self.page_path), ("search", self.page_search),
+                                    ("hash", ""), ("href", self.url)):
+                    changes[prop_id(id_, prop)] = value
+        return changes
+
+    def _write(self, changes):
+        """Set {prop id: value} on the components the layout has; returns the keys set."""
+        by_id = {stringify_id(id_): props for id_, props, _type in self.components}
+        written = set()
+        for key, value in changes.items():
+            id_, prop = split_prop_id(key)
+            props = by_id.get(stringify_id(id_))
+            if props is not None:
+                props[prop] = value
+                written.add(key)
+        if written:
+            self._index()
+        return written
+
+    def _renders_on_load(self, cb, changed):
+        """Does the browser fire `cb` while the page loads, and may it render content?"""
+        if not cb.drivable or not cb.inputs or \
+                not any(o["property"].split("@")[0] == "children" for o in cb.outputs):
+            return False
+        if any(stringify_id(d["id"]) not in self._ids for d in cb.inputs):
+            return False
+        if any(k in changed for k in cb.input_keys):
+            return True
+        return not cb.prevent_initial_call and \
+            not all(d["property"] in ACTION_PROPS for d in cb.inputs)
+
+    def resolve(self, fire, sets=None, max_rounds=10):
+        """Render the page as the browser does on load: set dcc.Location from the URL
+        (and `sets`, e.g. {"tabs.value": "tab-2"}), fire the server-side callbacks that
+        render `children` (the Pages router, a tab's content, their chains), merge what
+        they return into the layout, and repeat until nothing more fires (bounded).
+        `fire(body)` POSTs one request body and returns the decoded update."""
+        pending = dict(self.location_changes(), **(sets or {}))
+        changed, fired = set(), set()
+        for _ in range(max_rounds):
+            written = self._write(pending)
+            changed |= written
+            pending = {k: v for k, v in pending.items() if k not in written}
+            ready = [cb for cb in self.callbacks
+                     if cb.index not in fired and self._renders_on_load(cb, changed)]
+            todo = [cb for cb in ready  # upstream callbacks first, as the renderer does
+                    if not any(cb.index in self.descendants(o) for o in ready)] or ready
+            if not todo:
+                break
+            fired |= {cb.index for cb in todo}
+            for cb, update, error in self._fire_all(fire, todo, changed):
+                if error:
+                    self.render_errors.append(f"{cb.name}: {error}")
+                    continue
+                self.rendered.append(cb.name)
+                if update:
+                    pending.update(update_changes(cb, update))
+        self._write(pending)
+        self.unapplied = sorted(set(pending) & set(sets or {}))
+
+    def _fire_all(self, fire, callbacks, changed):
+        """[(cb, update, error)]: the callbacks fired at once, as the renderer does."""
+        def one(cb):
+            try:
+                return cb, fire(bodies[cb.index]), None
+            except DashProtocolError as exc:
+                return cb, None, str(exc)
+        bodies = {cb.index: self.build_request(cb, self.values, changed) for cb in callbacks}
+        if len(callbacks) == 1:
+            return [one(callbacks[0])]
+        with concurrent.futures.ThreadPoolExecutor(BROWSER_CONNECTIONS) as pool:
+            return list(pool.map(one, callbacks))
+
+    def known_ids(self, limit=12):
+        ids = sorted(str(i) for i in self._ids)
+        return ", ".join(ids[:limit]) + (" …" if len(ids) > limit else "")
+
+    def has_component(self, key):
+        try:
+            return stringify_id(split_prop_id(key)[0]) in self._ids
+        except DashProtocolError:
+            return False
+
+    def tab_choices(self):
+        """[{"tabs.value": v}] for each dcc.Tabs value not selected now."""
+        choices = []
+        for id_, props, type_ in self.components:
+            tabs = props.get("children") if type_ == "Tabs" else None
+            for i, tab in enumerate(tabs if isinstance(tabs, list) else [tabs] if tabs else []):
+                if isinstance(tab, dict) and isinstance(tab.get("props"), dict):
+                    value = tab["props"].get("value") or f"tab-{i + 1}"  # dcc.Tabs' default
+                    if value != props.get("value"):
+                        choices.append({prop_id(id_, "value"): value})
+        return choices
+
+    def resolved(self, fire, sets=None, want=None, max_tries=20):
+        """A copy with the page rendered (`resolve`). When `want` (id.prop) is not on
+        it, each other dcc.Tabs value is tried until one renders it; `chosen` records
+        the values set."""
+        sets = dict(sets or {})
+        app = self.fresh()
+        app.resolve(fire, sets)
+        app.chosen = sets
+        if app.unapplied:
+            raise DashProtocolError(f"cannot set {app.unapplied[0]}: no such component on "
+                                    f"the page {app.page_path} (ids: {app.known_ids()})")
+        if want is None or app.has_component(want):
+            return app
+        for extra in app.tab_choices()[:max_tries]:
+            trial = self.fresh()
+            trial.resolve(fire, dict(sets, **extra))
+            if trial.has_component(want):
+                trial.chosen = dict(sets, **extra)
+                return trial
+        return app
+
     # -- what a click triggers --------------------------------------------------------
+    def trigger_candidates(self):
+        """[(prop id, number of callbacks a change drives, component type)] for every
+        prop in the layout that is an Input of a drivable callback; most first."""
+        types = {stringify_id(id_): type_ for id_, _props, type_ in self.components}
+        order = {key: i for i, key in enumerate(types)}
+        keys = []
+        for cb in self.callbacks:
+            for d in cb.inputs if cb.drivable else []:
+                key = prop_id(d["id"], d["property"])
+                if stringify_id(d["id"]) in types and key not in keys:
+                    keys.append(key)
+        found = [(k, len(self.plan(k).callbacks), types[stringify_id(split_prop_id(k)[0])])
+                 for k in keys]
+        return sorted(found, key=lambda c: (-c[1], order[stringify_id(split_prop_id(c[0])[0])]))
+
     def default_input(self):
-        """The first component in the layout with n_clicks that triggers a callback the
-        bench can drive; else the first input of the first drivable callback."""
-        triggers = {}
-        for cb in self.callbacks:
-            for key in cb.input_keys:
-                triggers.setdefault(key, []).append(cb)
-        for id_, props, _type in self.components:
-            key = prop_id(id_, "n_clicks")
-            if "n_clicks" in props and any(cb.drivable for cb in triggers.get(key, [])):
+        """The button (n_clicks) whose click drives the most server-side callbacks,
+        chains included; never a dcc.Store, a dcc.Interval or a dcc.Location."""
+        candidates = self.trigger_candidates()
+        for key, count, type_ in candidates:
+            if key.endswith(".n_clicks") and count and type_ not in NOT_BUTTONS:
                 return key
-        for cb in self.callbacks:
-            if cb.drivable and cb.inputs:
-                return cb.input_keys[0]
-        raise DashProtocolError("the app has no server-side callback the bench can drive")
+        if not candidates:
+            raise DashProtocolError(f"the page {self.page_path} has no server-side callback "
+                                    "the bench can drive")
+        listed = ", ".join(f"{k} ({n} callback{'s' * (n != 1)})" for k, n, _t in candidates[:8])
+        raise DashProtocolError(f"no button on the page {self.page_path} drives a server-side "
+                                f"callback; pass --input ID.PROP (candidates: {listed})")
 
     def check_input(self, input):
         """Validate 'id.prop'; returns it normalised (dict ids stringified)."""
         id_, prop = split_prop_id(input)
         key = prop_id(id_, prop)
         if stringify_id(id_) not in self._ids:
-            known = ", ".join(sorted(str(i) for i in self._ids)[:12])
-            raise DashProtocolError(f"no component '{stringify_id(id_)}' in the layout "
-                                    f"(ids: {known})")
+            raise DashProtocolError(f"no component '{stringify_id(id_)}' on the page "
+                                    f"{self.page_path} (ids: {self.known_ids()}); to reach "
+                                    "one that another choice renders, pass --set "
+                                    "ID.PROP=VALUE")
         if not any(self._input_matches(d, key) for cb in self.callbacks for d in cb.inputs):
             raise DashProtocolError(f"'{key}' is not an Input of any callback")
         return key
@@ -515,6 +680,7 @@ class CallResult:
 class ClickResult:
     seconds: float
     calls: List[CallResult]
+    started: float = 0.0            # time.perf_counter() at the click
 
     @property
     def errors(self):
@@ -653,24 +819,23 @@ class Session:
                             candidates.append(nxt)
                             ready_since[nxt.index] = now
             launch()
-        return ClickResult(time.perf_counter() - t_click, results)
+        return ClickResult(time.perf_counter() - t_click, results, t_click)
 
     def _timed_post(self, body, ready_at, t_click):
         sent = time.perf_counter()
         return self.post(body, queued_s=sent - ready_at, started_s=sent - t_click)
 
     def _apply(self, cb, update):
-        updated = set()
-        if "__single__" in update and cb.outputs:
-            update = {stringify_id(cb.outputs[0]["id"]): update["__single__"]}
-        for id_, props in update.items():
-            if not isinstance(props, dict):
-                continue
-            for prop, value in props.items():
-                key = f"{id_}.{prop}"
-                self.values[key] = value
-                updated.add(key)
-        return updated
+        changes = update_changes(cb, update)
+        self.values.update(changes)
+        return set(changes)
+
+    def fire(self, body):
+        """POST one body; the decoded update, or DashProtocolError (for resolve())."""
+        result = self.post(body)
+        if not result.ok:
+            raise DashProtocolError(result.error)
+        return result.response
 
     def close(self):
         self._pool.shutdown(wait=True)

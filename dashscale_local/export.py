@@ -3,9 +3,11 @@
 
 Kubernetes (``export k8s``)
 ---------------------------
-- One Deployment per process type: ``replicas`` from the formation (default: the
-  persisted one, as for ``start``; a type scaled to 0 keeps its Deployment with
-  ``replicas: 0``), the Procfile command, resources as Dash Enterprise's defaults
+- One Deployment per process type: ``replicas`` from the formation (default: that of
+  the instance running from this Procfile, else the persisted one, as for ``start``,
+  else 1 each; ``-m`` applies on top; the first line of the output says which; a type
+  scaled to 0 keeps its Deployment with ``replicas: 0``), the Procfile command,
+  resources as Dash Enterprise's defaults
   (requests memory 128Mi, or the limit if that is lower; limits memory = the memory
   limit of the type).
 - Every container listens on one port (``--port``, default 8050): each pod has its own
@@ -34,6 +36,9 @@ Kubernetes (``export k8s``)
   becomes ``-``; a type that cannot be made valid, or two types that collide, or a name
   longer than 63 characters is an error (exit 2).
 - Labels: ``app``, ``process-type`` and ``app.kubernetes.io/managed-by: dashscale``.
+- A ``web`` that runs a development server (``python app.py``, ``flask run``) gets a
+  one-line warning on stderr naming the Procfile line: in a pod it would bind 127.0.0.1
+  with debug on.
 - ``--image`` defaults to ``dashscale-app:latest``: build an image whose WORKDIR holds the
   Procfile's directory and whose PATH has gunicorn.
 - ``-o DIR`` writes one file per object (``deployment-<name>-web.yaml`` …); no ``-o`` or
@@ -65,7 +70,7 @@ import sys
 
 import click
 
-from .errors import UsageError
+from .errors import RuntimeFailure, UsageError
 from .formation import format_formation, plan_replicas
 from .sizes import format_size
 from .supervisor import _is_compound, replica_command
@@ -151,8 +156,60 @@ def load(procfile, env_files, formation, memory_limit, base_port=None):
     settings = load_settings(os.path.dirname(procfile),
                              {"memory_limit": memory_limit, "base_port": base_port})
     project = Project(procfile, env_files, memory_limit, settings)
-    counts = project.formation(formation, settings)
+    counts, source = formation_and_source(project, settings, formation)
+    project.formation_source = source
     return project, settings, counts
+
+
+def running_formation(project):
+    """(formation, runner pid) of an instance running from this Procfile, else None."""
+    from . import control, rundir
+    if rundir.live_runner(project.run_dir) is None:
+        return None
+    try:
+        status = control.call(rundir.control_socket(project.run_dir), "GET", "/status",
+                              timeout=10)
+    except (UsageError, RuntimeFailure):
+        return None
+    counts = {k: v for k, v in status.get("formation", {}).items()
+              if k in project.type_names}
+    return counts, status.get("runner_pid")
+
+
+def formation_and_source(project, settings, specs):
+    """The formation to export and where it came from: the running instance, else the
+    saved formation, else 1 per type; `-m` specs apply on top."""
+    from .formation import parse_formation, resolve_formation
+    running = running_formation(project)
+    if running is not None:
+        base, source = running[0], f"the running instance (pid {running[1]})"
+    else:
+        base = project.saved_formation()
+        saved = [p for p in (project.scale_file, os.path.join(project.run_dir, "formation"))
+                 if os.path.exists(p)]
+        source = os.path.relpath(saved[0], project.directory) if base else "default 1 per type"
+    parsed = [parse_formation(s, source="-m") for s in specs if s]
+    counts = resolve_formation(project.type_names, base, *parsed,
+                               pod_limit=int(settings["pod_limit"]),
+                               max_per_type=int(settings["max_replicas_per_type"]))
+    if parsed:
+        source = f"-m over {source}"
+    return counts, source
+
+
+# `python app.py`, `python3 -u index.py`, `flask run`, `python -m flask run` (after VAR=x)
+DEV_SERVER = re.compile(r"^(?:\S+=\S*\s+)*(?:\S*/)?(?:python[0-9.]*\s+(?:-u\s+)?\S+\.py\b"
+                        r"|flask\s+run\b|python[0-9.]*\s+-m\s+flask\s+run\b)")
+
+
+def dev_server_warning(project):
+    """One line when `web` runs Dash's development server instead of gunicorn."""
+    web = project.procfile.types.get("web")
+    if web is None or not DEV_SERVER.search(web.command.strip()):
+        return None
+    return (f"{project.procfile_path}:{web.line}: warning: web runs a development server "
+            f"({web.command.strip()}); in a pod it binds 127.0.0.1 with debug on: use "
+            "`gunicorn MODULE:server` (`dashscale init` writes one)")
 
 
 # ─── Kubernetes ───────────────────────────────────────────────────────────────────────
@@ -388,8 +445,10 @@ def to_yaml(obj):
 
 
 def _header(project, counts, what, comment="#"):
-    return (f"{comment} Generated by `dashscale export {what}` from {project.procfile_path}\n"
-            f"{comment} formation {format_formation(counts)}; memory limits "
+    return (f"{comment} formation {format_formation(counts)} from "
+            f"{project.formation_source}\n"
+            f"{comment} Generated by `dashscale export {what}` from {project.procfile_path}\n"
+            f"{comment} memory limits "
             + ", ".join(f"{t}={format_size(v)}" for t, v in project.memory_limits.items())
             + "\n")
 
@@ -550,8 +609,9 @@ def _common(fn):
     for decorator in reversed([
             procfile_option,
             click.option("-m", "-c", "--formation", "formation", multiple=True,
-                         help="Replicas per type: web=4,worker=1 or all=2 "
-                              "(default: the persisted formation, else 1 each)."),
+                         help="Replicas per type: web=4,worker=1 or all=2 (default: "
+                              "the running instance's, else the persisted formation, "
+                              "else 1 each)."),
             click.option("--memory-limit", default=None,
                          help="8GiB, or per type: web=2GiB,worker=512MiB (default 8GiB)."),
             click.option("-e", "--env", "env_files", multiple=True,
@@ -593,6 +653,9 @@ def export_k8s(procfile, formation, memory_limit, env_files, app_name, output, i
     --app-name an Ingress) for web, .env as ConfigMap/Secret."""
     _check_app_name(app_name)
     project, _settings, counts = load(procfile, env_files, formation, memory_limit)
+    warning = dev_server_warning(project)
+    if warning:
+        click.echo(warning, err=True)
     services = service_names(_settings, services)
     objects = k8s_objects(project, counts, image=image, app_name=app_name, port=port,
                           services=services)

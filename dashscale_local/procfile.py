@@ -123,7 +123,8 @@ def load_procfile(path):
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise UsageError("Procfile not found", file=path) from None
+        raise UsageError("Procfile not found — run `dashscale init` to write one for "
+                         "the Dash app here", file=path) from None
     except IsADirectoryError:
         raise UsageError("is a directory, not a Procfile", file=path) from None
     except OSError as e:

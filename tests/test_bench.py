@@ -5,6 +5,8 @@ test client) and check the server accepts them; a few drive a small app served o
 loopback in-process; the slow ones bench the sample app on real replicas.
 """
 import json
+import os
+import shutil
 import threading
 
 import pytest
@@ -239,10 +241,6 @@ def test_workers_and_ideal():
         {"name": "worker.1", "type": "worker", "ready": True, "command": "gunicorn a:s -w 4"},
         {"name": "web.3", "type": "web", "ready": True, "command": "gunicorn a:s"}]}
     assert B.web_workers(status) == (5, {"web.1": 4, "web.3": 1})
-    assert B.ideal_seconds(4, 1, 4, 2.0) == 2.0
-    assert B.ideal_seconds(4, 1, 1, 2.0) == 8.0
-    assert B.ideal_seconds(4, 4, 16, 2.0) == 2.0
-    assert B.ideal_seconds(4, 3, 8, 2.0) == 4.0
     assert B.percentile([1, 2, 3, 4], 50) == 2.5 and B.percentile([5], 95) == 5
 
 
@@ -370,3 +368,242 @@ def test_bench_scaling_table_plot_and_restore(dashscale, tmp_path):
     assert "restored web=2" in res.stderr
     assert run.status()["formation"]["web"] == 2
     run.wait_ready(2)
+
+
+# -- the default trigger, Dash Pages and tab content (issue 14) ----------------------------
+
+def _component(type_, id_, **props):
+    return {"type": type_, "namespace": "dash_core_components", "props": {"id": id_, **props}}
+
+
+def _dep(output, *inputs, prevent=False):
+    return {"output": output, "inputs": [{"id": i.rsplit(".", 1)[0],
+                                          "property": i.rsplit(".", 1)[1]} for i in inputs],
+            "state": [], "clientside_function": None, "prevent_initial_call": prevent}
+
+
+def test_default_trigger_is_the_button_driving_the_most_callbacks():
+    layout = {"type": "Div", "namespace": "dash_html_components", "props": {"children": [
+        _component("Button", "learn-more", n_clicks=0),
+        _component("Store", "cache", data={}),
+        _component("Interval", "tick", n_intervals=0),
+        _component("Button", "run", n_clicks=0),
+    ] + [_component("Div", f"o{i}") for i in range(8)]}}
+    deps = [_dep("o0.children", "learn-more.n_clicks"),
+            _dep("o1.children", "run.n_clicks"), _dep("o2.children", "run.n_clicks"),
+            _dep("o3.children", "o1.children"),          # chained: counts for run
+            _dep("o4.children", "cache.data"), _dep("o5.children", "cache.data"),
+            _dep("o6.children", "cache.data"), _dep("o7.children", "cache.data"),
+            _dep("o4.style", "tick.n_intervals")]
+    app = DashApp.from_json(layout, deps)
+    candidates = {k: n for k, n, _type in app.trigger_candidates()}
+    assert candidates["run.n_clicks"] == 3 and candidates["learn-more.n_clicks"] == 1
+    assert candidates["cache.data"] == 4  # drives more, but a Store is never clicked
+    assert app.default_input() == "run.n_clicks"
+
+
+def test_no_meaningful_trigger_fails_listing_the_candidates():
+    layout = {"type": "Div", "props": {"children": [
+        _component("Store", "cache", data={}), _component("Interval", "tick", n_intervals=0),
+        _component("Div", "out"), _component("Div", "out2")]}}
+    app = DashApp.from_json(layout, [_dep("out.children", "cache.data"),
+                                     _dep("out2.children", "cache.data"),
+                                     _dep("out.style", "tick.n_intervals")])
+    with pytest.raises(DashProtocolError) as exc:
+        app.default_input()
+    message = str(exc.value)
+    assert "\n" not in message and "no button on the page / drives" in message
+    assert "cache.data (2 callbacks)" in message and "tick.n_intervals (1 callback)" in message
+
+
+def client_fire(client):
+    """resolve()'s fire through a Flask test client."""
+    def fire(body):
+        resp = client.post("/_dash-update-component", json=body)
+        return decode_response(resp.status_code, resp.data)
+    return fire
+
+
+PAGES_LAYOUT = {"type": "Div", "namespace": "dash_html_components", "props": {"children": [
+    _component("Location", "_pages_location", refresh="callback-nav"),
+    {"type": "Div", "namespace": "dash_html_components",
+     "props": {"id": "_pages_content", "children": None}},
+    _component("Store", "_pages_store")]}}
+PAGES_DEPS = [
+    dict(_dep(".._pages_content.children..._pages_store.data..", "_pages_location.pathname",
+              "_pages_location.search", prevent=True), hidden=True),
+    _dep("sales.children", "refresh.n_clicks"), _dep("costs.children", "refresh.n_clicks"),
+    _dep("summary.children", "sales.children", "costs.children"),
+    _dep("learn-text.children", "learn-more.n_clicks", prevent=True)]
+
+
+def test_pages_router_renders_the_page_of_the_url():
+    """The layout and callbacks a Dash Pages app serves (its shapes): the router runs
+    with dcc.Location's pathname from the URL; the page's button becomes reachable."""
+    seen = []
+
+    def router(body):
+        seen.append(body)
+        if body["output"].startswith(".._pages_content"):
+            path = body["inputs"][0]["value"]
+            page = [_component("Button", "refresh", n_clicks=0)] + \
+                [_component("Div", i) for i in ("sales", "costs", "summary")] \
+                if path == "/report" else [_component("Button", "learn-more", n_clicks=0)]
+            return {"_pages_content": {"children": page}, "_pages_store": {"data": {}}}
+        return {"summary": {"children": "-"}}
+
+    app = DashApp.from_json(PAGES_LAYOUT, PAGES_DEPS, url="http://h:1/report?q=1")
+    with pytest.raises(DashProtocolError, match="no component 'refresh' on the page /report"):
+        app.check_input("refresh.n_clicks")
+    page = app.resolved(router)
+    assert seen[0]["inputs"] == [
+        {"id": "_pages_location", "property": "pathname", "value": "/report"},
+        {"id": "_pages_location", "property": "search", "value": "?q=1"}]
+    assert seen[0]["changedPropIds"] == ["_pages_location.pathname", "_pages_location.search"]
+    assert [b["output"] for b in seen[1:]] == ["summary.children"]  # chained on the page
+    assert page.rendered == ["_pages_content.children, _pages_store.data", "summary.children"]
+    assert page.default_input() == "refresh.n_clicks"
+    assert [cb.name for cb in page.plan("refresh.n_clicks").callbacks] == \
+        ["sales.children", "costs.children", "summary.children"]
+    assert page.values["summary.children"] == "-"
+    home = DashApp.from_json(PAGES_LAYOUT, PAGES_DEPS, url="http://h:1/").resolved(router)
+    assert home.default_input() == "learn-more.n_clicks"
+    assert not app.has_component("refresh.n_clicks")  # the fetched app is left as served
+
+
+@pytest.fixture
+def tabs_module():
+    from tests.apps import tabs_app
+    return tabs_app
+
+
+def test_tab_content_is_rendered_and_other_tabs_are_tried(tabs_module, monkeypatch):
+    monkeypatch.setattr(tabs_module, "SECONDS", 0)
+    app, client = app_from(tabs_module.app)
+    fire = client_fire(client)
+    overview = app.resolved(fire)
+    assert overview.default_input() == "details.n_clicks" and overview.chosen == {}
+    # --input run.n_clicks: only the Compute tab renders it; found by trying the tabs
+    compute = app.resolved(fire, want="run.n_clicks")
+    assert compute.chosen == {"tabs.value": "compute"}
+    assert compute.values["tabs.value"] == "compute"
+    assert [cb.name for cb in compute.plan("run.n_clicks").callbacks] == \
+        ["fit.children", "score.children"]
+    # --set tabs.value=compute does the same, and the Run button is then the default
+    chosen = app.resolved(fire, {"tabs.value": "compute"})
+    assert chosen.default_input() == "run.n_clicks"
+    assert B.parse_sets(["tabs.value=compute", "n.value=3", 'x.data={"a":1}']) == \
+        {"tabs.value": "compute", "n.value": 3, "x.data": {"a": 1}}
+    with pytest.raises(DashProtocolError, match=r"cannot set nope.value: no such component "
+                                                r"on the page / \(ids: details, "):
+        app.resolved(fire, {"nope.value": 1})
+    for bad in ("tabs=compute", "novalue", "=3"):
+        with pytest.raises(B.UsageError, match="--set: expected ID.PROP=VALUE"):
+            B.parse_sets([bad])
+
+
+def test_cli_bench_tab_content_and_fast_callbacks_have_no_ratio(serve, tmp_path, tabs_module,
+                                                               monkeypatch):
+    monkeypatch.setattr(tabs_module, "SECONDS", 0)
+    procfile = str(tmp_path / "Procfile")
+    server = serve(tabs_module.app)
+    runner = CliRunner()
+    res = runner.invoke(main, ["bench", server.url, "-f", procfile, "--input", "run.n_clicks",
+                               "--json", "-n", "3"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert DESIGN_KEYS - {"ratio"} <= set(data)
+    assert data["input"] == "run.n_clicks" and data["callbacks_per_click"] == 2
+    assert data["set"] == {"tabs.value": "compute"} and data["errors"] == 0
+    assert data["rendered_by"] == ["tab-content.children"]
+    assert data["ideal_s"] is not None and data["ideal_s"] < 0.05
+    assert data["ratio"] is None and data["latency_only"] is True
+    res = runner.invoke(main, ["bench", server.url, "-f", procfile, "--set",
+                               "tabs.value=compute", "-n", "2"])
+    assert res.exit_code == 0, res.output
+    assert "input run.n_clicks" in res.stdout and "tabs.value='compute'" in res.stdout
+    assert "latency only, no ratio" in res.stdout and "ratio       click" not in res.stdout
+    res = runner.invoke(main, ["bench", server.url, "-f", procfile, "--input", "nope.n_clicks"])
+    assert res.exit_code == 2 and "no component 'nope' on the page /" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+PAGES_APP = os.path.join(os.path.dirname(__file__), "apps", "pages_app")
+
+
+@pytest.mark.slow
+def test_bench_a_dash_pages_page_on_two_replicas(dashscale, tmp_path):
+    """`bench URL/report` on a Dash Pages app: the page is rendered first (the router on
+    a replica), then its Refresh button drives two slow callbacks and their chain."""
+    directory = tmp_path / "pages-app"
+    shutil.copytree(PAGES_APP, directory)
+    run = dashscale("web: gunicorn app:server --workers 1\n", formation="web=2",
+                    directory=directory, env={"PAGES_CALLBACK_SECONDS": "0.3"})
+    res = run.cli("bench", run.url + "/report", "--json", "-n", "3")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert DESIGN_KEYS <= set(data)
+    assert data["page"] == "/report" and data["input"] == "refresh.n_clicks"
+    assert data["rendered_by"][0] == "_pages_content.children, _pages_store.data"
+    assert data["callbacks"] == ["sales.children", "costs.children", "summary.children"]
+    assert data["callbacks_per_click"] == 3 and data["errors"] == 0 and data["skipped"] == []
+    assert set(data["replicas"]) == {"web.1", "web.2"} and sum(data["replicas"].values()) == 9
+    assert data["click_p50_s"] >= 0.3 and data["ratio"] is not None
+    # the home page's only button is its "learn more"; the report's is not on it
+    res = run.cli("bench", run.url + "/", "--input", "refresh.n_clicks", "-n", "1")
+    assert res.returncode == 2 and "no component 'refresh' on the page /" in res.stderr
+    res = run.cli("bench", run.url, "--json", "-n", "1")
+    assert res.returncode == 0 and json.loads(res.stdout)["input"] == "learn-more.n_clicks"
+
+
+def test_ideal_schedule():
+    s = B.ideal_schedule
+    four = {f"g{i}": 2.0 for i in range(4)}
+    # n equal callbacks: ceil(n × users / workers) × their time
+    for users, workers, ideal in ((1, 4, 2.0), (1, 1, 8.0), (4, 16, 2.0), (3, 8, 4.0),
+                                  (1, 3, 4.0)):
+        assert s(four, {}, users, workers) == ideal
+    # two slow queries and a fast summary chained on both: the summary waits for them
+    page = {"sales": 0.3, "costs": 0.3, "summary": 0.01}
+    chains = {"summary": ["sales", "costs"]}
+    assert s(page, chains, 1, 2) == pytest.approx(0.31)
+    assert s(page, chains, 1, 1) == pytest.approx(0.61)
+    assert s(page, chains, 2, 2) == pytest.approx(0.61)
+    assert s({}, {}, 1, 2) is None and s(page, chains, 1, 0) is None
+
+
+def test_service_times_take_queueing_out():
+    """4 callbacks of 0.5 s on two 1-worker replicas: the 3rd and 4th wait 0.5 s in a
+    replica's queue; their time on a worker is still 0.5 s."""
+    from dashscale_local.dash_client import CallResult, ClickResult
+
+    def call(name, replica, sent, seconds):
+        return CallResult(name, 200, seconds, replica, {}, started_s=sent)
+    click = ClickResult(1.0, [call("g1", "web.1", 0.0, 0.5), call("g2", "web.2", 0.001, 0.5),
+                              call("g3", "web.1", 0.002, 0.998),
+                              call("g4", "web.2", 0.003, 0.997)], started=100.0)
+    times = B.service_times([click], 1)
+    assert times == pytest.approx({"g1": 0.5, "g2": 0.5, "g3": 0.5, "g4": 0.499})
+    assert B.service_times([click], 2)["g3"] == pytest.approx(0.998)  # 2 workers: no wait
+
+
+def test_callbacks_rendering_on_load_fire_together():
+    """Two callbacks render from the URL (a Dash 1.x multi-page app's shape): both fire
+    in the same round, concurrently, and what they return joins the layout."""
+    layout = {"type": "Div", "props": {"children": [
+        _component("Location", "url"), _component("Div", "nav"), _component("Div", "page")]}}
+    deps = [_dep("nav.children", "url.pathname"), _dep("page.children", "url.pathname"),
+            _dep("out.children", "go.n_clicks")]
+    barrier = threading.Barrier(2, timeout=10)
+
+    def fire(body):
+        barrier.wait()  # both requests are in flight at once, or this times out
+        if body["output"] == "page.children":
+            return {"page": {"children": [_component("Button", "go", n_clicks=0),
+                                          _component("Div", "out")]}}
+        return {"nav": {"children": body["inputs"][0]["value"]}}
+
+    app = DashApp.from_json(layout, deps, url="http://h:1/apps/sales").resolved(fire)
+    assert sorted(app.rendered) == ["nav.children", "page.children"]
+    assert app.values["nav.children"] == "/apps/sales"
+    assert app.default_input() == "go.n_clicks" and app.render_errors == []

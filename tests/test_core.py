@@ -10,6 +10,8 @@ import urllib.error
 import psutil
 import pytest
 
+from dashscale_local.cli import _memory_line
+from dashscale_local.sizes import format_size
 from dashscale_local.testing import Run, processes_with_marker, wait_for
 
 pytestmark = pytest.mark.slow
@@ -58,6 +60,35 @@ def test_status_json_keys(dashscale):
     assert data["memory"]["total_bytes"] == sum(r["memory_bytes"] for r in data["replicas"])
     text = run.cli("status")
     assert "web.2" in text.stdout and "RUNNING" in text.stdout or "STARTING" in text.stdout
+
+
+def test_status_text_5xx_column_and_limits_over_ram(dashscale):
+    """The table's 5XX column counts the app's 5xx answers per replica (the proxy's
+    status_5xx); 1 TiB limits × 2 exceed any test machine's RAM, and the max line says so."""
+    run = dashscale(formation="web=2", args=["--memory-limit", "1TiB"])
+    for _ in range(3):
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            run.get("/fail")
+        assert exc.value.code == 500
+    run.get("/")
+    text = run.cli("status").stdout.splitlines()
+    header = next(line.split() for line in text if line.startswith("REPLICA"))
+    assert header[-2:] == ["SERVED", "5XX"]
+    rows = {line.split()[0]: line.split() for line in text if line.startswith("web.")}
+    assert sum(int(rows[name][-1]) for name in ("web.1", "web.2")) == 3
+    assert sum(int(rows[name][-2]) for name in ("web.1", "web.2")) == 4
+    ram = format_size(psutil.virtual_memory().total)
+    memory = next(line for line in text if line.startswith("memory "))
+    assert memory.endswith(f"of max 2 TiB (pss) — the limits add up to more than this "
+                           f"machine's {ram} RAM"), memory
+
+
+def test_memory_line_notes_limits_over_ram():
+    m = {"total_bytes": 180 * 2**20, "max_bytes": 24 * 2**30, "metric": "pss"}
+    assert _memory_line(m, ram=23 * 2**30) == (
+        "memory 180 MiB of max 24 GiB (pss) — the limits add up to more than this "
+        "machine's 23 GiB RAM")
+    assert _memory_line(m, ram=32 * 2**30) == "memory 180 MiB of max 24 GiB (pss)"
 
 
 def test_each_replica_is_shown_coming_up_from_its_first_line(dashscale):

@@ -131,6 +131,53 @@ def test_k8s_default_is_the_persisted_formation(project):
     export(project, "k8s", "-m", "web=11", expect=2)  # Dash Enterprise's cap
 
 
+def test_k8s_says_where_the_formation_comes_from(project):
+    write(project, "Procfile", "web: gunicorn app:server -w 2\nworker: python w.py\n")
+    first = export(project, "k8s").stdout.splitlines()[0]
+    assert first == "# formation web=1,worker=1 from default 1 per type"
+    os.makedirs(project / ".dashscale")
+    write(project / ".dashscale", "formation", "web=2\n")
+    assert export(project, "k8s").stdout.splitlines()[0] == \
+        "# formation web=2,worker=1 from .dashscale/formation"
+    assert export(project, "k8s", "-m", "worker=0").stdout.splitlines()[0] == \
+        "# formation web=2,worker=0 from -m over .dashscale/formation"
+
+
+@pytest.mark.slow
+def test_k8s_uses_the_running_formation(dashscale, app_dir):
+    """Started with -m web=3 (not saved): the export has replicas: 3 and says so."""
+    run = dashscale(formation="web=3")
+    assert not (app_dir / ".dashscale" / "formation").exists()
+    result = export(app_dir, "k8s")
+    first = result.stdout.splitlines()[0]
+    assert first == f"# formation web=3 from the running instance (pid {run.process.pid})"
+    docs = {d["metadata"]["name"]: d for d in yaml.safe_load_all(result.stdout)
+            if d and d["kind"] == "Deployment"}
+    assert [d["spec"]["replicas"] for d in docs.values()] == [3]
+    result = export(app_dir, "k8s", "-m", "web=2")
+    assert result.stdout.startswith("# formation web=2 from -m over the running instance")
+    run.stop()
+    assert export(app_dir, "k8s").stdout.startswith("# formation web=1 from default 1 per type")
+
+
+@pytest.mark.parametrize("command, warned", [
+    ("python app.py", True), ("python3 -u app.py --debug", True), ("flask run", True),
+    ("FLASK_APP=app.py flask run -p $PORT", True), ("python -m flask run", True),
+    (".venv/bin/python index.py", True),
+    ("gunicorn app:server --workers 2", False), ("python -m gunicorn app:server", False),
+    ("waitress-serve --port=$PORT app:server", False)])
+def test_k8s_warns_about_a_dev_server_web(project, command, warned):
+    write(project, "Procfile", f"# the app\nweb: {command}\nworker: python worker.py\n")
+    result = export(project, "k8s")
+    lines = [line for line in result.stderr.splitlines() if "warning" in line]
+    if not warned:
+        assert lines == []
+        return
+    assert lines == [f"{project / 'Procfile'}:2: warning: web runs a development server "
+                     f"({command}); in a pod it binds 127.0.0.1 with debug on: use "
+                     "`gunicorn MODULE:server` (`dashscale init` writes one)"]
+
+
 def test_k8s_underscore_types_become_dns_labels(project):
     write(project, "Procfile", "web: gunicorn app:server -w 2\nmy_worker: python w.py\n"
                                "Clock_2: python clock.py\n")

@@ -129,7 +129,8 @@ def test_load_missing(tmp_path):
     path = str(tmp_path / "Procfile")
     with pytest.raises(UsageError) as e:
         load_procfile(path)
-    assert str(e.value) == f"{path}: Procfile not found"
+    assert str(e.value) == (f"{path}: Procfile not found — run `dashscale init` to write one "
+                            "for the Dash app here")
 
 
 def test_load_directory(tmp_path):

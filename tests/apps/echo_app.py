@@ -6,6 +6,7 @@ GET /crash       → the worker process exits (gunicorn restarts the worker; wit
                    ?master=1 the whole replica exits)
 POST /echo       → the request body back, with the headers the replica saw as JSON
 GET /alloc?mib=N → holds N MiB more in this worker
+GET /fail        → HTTP 500 (an app error, counted as a 5xx)
 """
 import json
 import os
@@ -20,7 +21,7 @@ _held = []
 def app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
     query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-    body = b""
+    body, status = b"", "200 OK"
     if path == "/slow":
         time.sleep(float(query.get("s", "1")))
         body = f"{REPLICA} slept".encode()
@@ -42,7 +43,9 @@ def app(environ, start_response):
         body = f"{REPLICA} holds {len(_held)} blocks".encode()
     elif path == "/env":
         body = json.dumps({k: os.environ.get(k) for k in query.get("keys", "").split(",")}).encode()
+    elif path == "/fail":
+        body, status = f"{REPLICA} failed".encode(), "500 Internal Server Error"
     else:
         body = f"{REPLICA} {os.getpid()}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
