@@ -1,0 +1,126 @@
+"""Release steps: one-shot commands of a deploy, not replicas.
+
+- Procfile ``release:`` (Heroku): runs once, to completion, before the web replicas
+  start and before every rolling change of code, command or ``.env``; a failure
+  blocks the change.
+- ``project.toml`` ``predeploy`` / ``postdeploy`` (Dash Enterprise 5): predeploy runs
+  with ``release``; postdeploy after the new replicas are up. Accepted at the top level
+  or under ``[scripts]`` or ``[deploy]``; the value is a command, or a script file in
+  the app directory (run with ``sh``).
+
+Output goes to the terminal as ``release | …`` and to ``.dashscale/logs/release.log``.
+honcho and foreman instead stop everything when a ``release`` process exits; here it is
+a step, as on Heroku and Dash Enterprise.
+"""
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+RELEASE_TYPE = "release"
+PROJECT_TOML = "project.toml"
+TABLES = (None, "scripts", "deploy")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str       # "release", "predeploy" or "postdeploy"
+    command: str
+    source: str     # "Procfile:3" or "project.toml"
+    phase: str      # "before" (the new replicas start) or "after" (they serve)
+
+
+def steps(procfile, directory):
+    """The project's release steps, in the order they run."""
+    found = []
+    ptype = procfile.types.get(RELEASE_TYPE)
+    if ptype is not None:
+        found.append(Step(RELEASE_TYPE, ptype.command,
+                          f"{os.path.basename(procfile.path)}:{ptype.line}", "before"))
+    scripts = _project_toml(directory)
+    for name, phase in (("predeploy", "before"), ("postdeploy", "after")):
+        if name in scripts:
+            found.append(Step(name, _command(scripts[name], directory), PROJECT_TOML, phase))
+    return found
+
+
+def _project_toml(directory):
+    import tomllib
+    path = os.path.join(directory, PROJECT_TOML)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot parse: {exc}", file=path)
+    scripts = {}
+    for table in TABLES:
+        section = data if table is None else data.get(table, {})
+        if not isinstance(section, dict):
+            continue
+        for name in ("predeploy", "postdeploy"):
+            value = section.get(name)
+            if value is None or name in scripts:
+                continue
+            if not isinstance(value, str) or not value.strip():
+                where = f"{table}.{name}" if table else name
+                raise UsageError(f"{where} must be a command (a string), got {value!r}",
+                                 file=path)
+            scripts[name] = value.strip()
+    return scripts
+
+
+def _command(value, directory):
+    """A script file in the app directory runs with sh; anything else is a command."""
+    candidate = os.path.join(directory, value)
+    if os.path.isfile(candidate) and not os.access(candidate, os.X_OK):
+        return f"sh {shlex.quote(value)}"
+    return value
+
+
+@dataclass
+class Outcome:
+    step: Step
+    code: int
+    seconds: float
+    finished: float  # time.time()
+
+    @property
+    def ok(self):
+        return self.code == 0
+
+    def as_json(self):
+        return {"name": self.step.name, "command": self.step.command,
+                "source": self.step.source, "exit_code": self.code,
+                "ok": self.ok, "seconds": round(self.seconds, 3), "time": self.finished}
+
+    def describe(self):
+        if self.ok:
+            return f"{self.step.name} succeeded in {self.seconds:.1f}s"
+        how = f"was killed by signal {-self.code}" if self.code < 0 else f"exited {self.code}"
+        return f"{self.step.name} ({self.step.source}: {self.step.command}) {how}"
+
+
+def run(step, env, cwd, line, log_path=None):
+    """Run ``step`` to completion; every output line goes to ``line(name, text)`` and the
+    log. Blocking (call it from a thread)."""
+    t0 = time.monotonic()
+    log = open(log_path, "ab") if log_path else None
+    try:
+        proc = subprocess.Popen(["/bin/sh", "-c", step.command], cwd=cwd, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, process_group=0)
+        for raw in proc.stdout:
+            if log:
+                log.write(raw)
+                log.flush()
+            line(step.name, raw.decode("utf-8", "replace").rstrip("\r\n"))
+        code = proc.wait()
+    finally:
+        if log:
+            log.close()
+    return Outcome(step, code, time.monotonic() - t0, time.time())
