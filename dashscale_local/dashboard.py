@@ -173,11 +173,11 @@ def _static(name, ctype):
 
 def dashboard_status(runner, since=None):
     data = runner.status()
-    settings = getattr(runner, "settings", {}) or {}
+    caps = runner.settings.caps
     data["dashboard"] = {
         "time": time.time(),
-        "max_per_type": int(float(settings.get("max_replicas_per_type", 10))),
-        "pod_limit": int(float(settings.get("pod_limit", 40))),
+        "max_per_type": caps["max_per_type"],
+        "pod_limit": caps["pod_limit"],
         "history_interval": HISTORY_INTERVAL,
         "history_keep": HISTORY_KEEP,
     }

@@ -73,11 +73,11 @@ class Runner:
         self.counts = counts
         self.out = printer or Printer()
         self.run_dir = project.run_dir
-        self.host = settings["host"]
-        self.port = int(settings["port"])
-        self.base_port = int(settings["base_port"])
+        self.host = settings.host
+        self.port = settings.port
+        self.base_port = settings.base_port
         self.replicas = {}
-        self.pool = Pool(settings.get("balance", "round-robin"))
+        self.pool = Pool(settings.balance)
         self.pool.on_connect_failure = self._reprobe_soon
         self.lock = None
         self.stopping = None
@@ -91,8 +91,8 @@ class Runner:
         self.started_at = time.time()
         self.created = time.monotonic()
         self.positions = {t: i for i, t in enumerate(project.type_names)}
-        self.app_name = settings.get("app_name") or ""
-        self.spread = str(settings.get("spread", "false")).lower() in ("1", "true", "yes", "on")
+        self.app_name = settings.app_name
+        self.spread = settings.spread
         self.watcher = None
         self.startup_error = None  # raised once stopped (e.g. every replica OOMKilled idle)
         self.services = None       # managed Redis/Postgres (services.py), may be empty
@@ -658,8 +658,7 @@ class Runner:
     async def scale(self, spec):
         async with self.lock:
             counts = resolve_formation(self.project.type_names, self.counts, spec,
-                                       pod_limit=int(self.settings["pod_limit"]),
-                                       max_per_type=int(self.settings["max_replicas_per_type"]))
+                                       **self.settings.caps)
             added = await self._apply_counts(counts)
             self.counts = counts
             self.project.save_formation(counts)
@@ -757,8 +756,7 @@ class Runner:
             try:
                 procfile, env, limits = self.project.reread()
                 types = list(procfile.types)
-                caps = dict(pod_limit=int(self.settings["pod_limit"]),
-                            max_per_type=int(self.settings["max_replicas_per_type"]))
+                caps = self.settings.caps
                 counts = {t: self.counts.get(t, 1) for t in types}
                 # A deleted scale file says nothing: keep the formation as it is.
                 scale_changed = self.project.scale_file in paths and \
