@@ -14,7 +14,6 @@ import psutil
 
 from . import rundir
 from .balancer import Pool
-from .config import number
 from .errors import RuntimeFailure, UsageError
 from .formation import replica_port, resolve_formation, format_formation
 from .launch import give_up, write_replica_program
@@ -126,7 +125,7 @@ class Runner:
         try:
             return asyncio.run(self.main())
         except KeyboardInterrupt:
-            self.sup.shutdown(number(self.settings, "stop_timeout") + 5, first=list(self.replicas))
+            self.sup.shutdown(self.settings.stop_timeout + 5, first=list(self.replicas))
             self._kill_all_now()
             return 1
 
@@ -147,7 +146,7 @@ class Runner:
             await asyncio.to_thread(self.sup.wait_up)
             if self.services:  # replicas start only once every service answers
                 await asyncio.to_thread(self.services.start, self.sup, self.out,
-                                        number(self.settings, "ready_timeout"))
+                                        self.settings.ready_timeout)
             self.out.system(f"starting {format_formation(self.counts)} from {self.project.procfile_path}")
             if not self.autostart:
                 now = time.monotonic()
@@ -156,8 +155,8 @@ class Runner:
                 await asyncio.to_thread(self.sup.start_many, list(self.replicas))
             self._save_state()
             self.guard = MemoryGuard(
-                interval=number(self.settings, "memory_interval"),
-                metric=self.settings["memory_metric"],
+                interval=self.settings.memory_interval,
+                metric=self.settings.memory_metric,
                 before_kill=self._guard_before_kill,
                 on_kill=lambda name, info: loop.call_soon_threadsafe(self._oom_killed, name, info),
                 on_warning=lambda name, info: loop.call_soon_threadsafe(self._memory_warning, name, info))
@@ -216,7 +215,7 @@ class Runner:
             # Services have the lowest priority: supervisord stops them after the replicas.
             extra = 40 if self.services else 0
             await asyncio.to_thread(self.sup.shutdown,
-                                    number(self.settings, "stop_timeout") + 5 + extra,
+                                    self.settings.stop_timeout + 5 + extra,
                                     list(self.replicas))
         self._kill_all_now()
         if self.services:
@@ -263,7 +262,7 @@ class Runner:
 
     async def _await_startup(self):
         """Wait until every replica answers or has failed; report, then print the URL."""
-        deadline = time.monotonic() + number(self.settings, "ready_timeout")
+        deadline = time.monotonic() + self.settings.ready_timeout
         t0 = self.created
         while not self.stopping.is_set():
             pending = [r for r in self.replicas.values() if not r.ready and r.state != "FATAL"
@@ -507,7 +506,7 @@ class Runner:
         self.pool.remove(name)
         if r.probe and not r.probe.done():
             r.probe.cancel()  # it would poll the dead port until the restart
-        policy = self.settings["on_limit"]
+        policy = self.settings.on_limit
         when = "" if was_ready else " while starting (the limit may be too small for this app)"
         self.out.system(f"!!! {name} OOMKilled{when}: {metric} {format_size(used)} reached its "
                         f"limit {format_size(limit)}; killed all {len(info.get('pids') or [])} "
@@ -569,9 +568,9 @@ class Runner:
     def _schedule_crashloop_restart(self, r):
         """Kubernetes CrashLoopBackOff: 10 s, doubling to 300 s, reset after 10 min up
         (backoff_initial / backoff_max / backoff_reset)."""
-        initial = number(self.settings, "backoff_initial")
-        cap = number(self.settings, "backoff_max")
-        reset = number(self.settings, "backoff_reset")
+        initial = self.settings.backoff_initial
+        cap = self.settings.backoff_max
+        reset = self.settings.backoff_reset
         healthy_for = time.monotonic() - (r.spawned_at or 0)
         if r.crashloop_delay is None or healthy_for >= reset:
             r.crashloop_delay = min(initial, cap)
@@ -633,7 +632,7 @@ class Runner:
     async def _roll(self, type_, names):
         """Replace replicas one at a time: start a new one, wait until it serves, then
         drain and stop an old one — serving capacity never drops."""
-        timeout = number(self.settings, "ready_timeout")
+        timeout = self.settings.ready_timeout
         for old_name in names:
             [new] = await self._add_replicas(type_, 1)
             if not await self._wait_ready(new, timeout):
@@ -665,7 +664,7 @@ class Runner:
             self._event("scale", f"scaled to {format_formation(counts)}")
             self.out.system(f"formation is now {format_formation(counts)}")
             self._save_state()
-            timeout = number(self.settings, "ready_timeout")
+            timeout = self.settings.ready_timeout
             await asyncio.gather(*(self._wait_ready(r, timeout) for r in added))
             return counts
 
@@ -710,7 +709,7 @@ class Runner:
 
     async def _remove_replica(self, r):
         """Drain (no new requests; in-flight ones finish within the grace), then stop."""
-        grace = number(self.settings, "stop_timeout")
+        grace = self.settings.stop_timeout
         r.removing = True
         drained = await self.pool.drain(r.name, grace)
         if not drained:
@@ -839,8 +838,8 @@ class Runner:
             "memory": {"total_bytes": sum(r.memory_bytes for r in self.replicas.values()),
                        "max_bytes": sum(r.memory_limit for r in self.replicas.values()),
                        "metric": (self.guard.metric if self.guard  # pss falls back to rss
-                                  else self.settings["memory_metric"]),
-                       "on_limit": self.settings["on_limit"]},
+                                  else self.settings.memory_metric),
+                       "on_limit": self.settings.on_limit},
             "events": self.events[-50:],
             "proxy_stats": self.proxy.stats() if self.proxy else {},
         }
