@@ -113,6 +113,7 @@ from http import HTTPStatus
 
 from . import http11
 from .config import PARSERS, Settings, load_settings
+from .errors import UsageError
 from .http11 import END, LAST_CHUNK, ProtocolError, Request, Response, encode_chunk
 
 LOCAL_PREFIX = b"/_dashscale/"  # served by the runner itself, never by the app
@@ -1055,6 +1056,10 @@ def main(argv=None):
         if key not in ProxySettings.KEYS:
             ap.error(f"unknown setting {key}")
         settings[key] = value
+    try:
+        settings = ProxySettings(settings)
+    except UsageError as exc:
+        ap.error(str(exc))
     pool = Pool(args.balance)
     for i, spec in enumerate(args.backend, 1):
         host, _, port = spec.rpartition(":")
