@@ -234,6 +234,11 @@ def test_start_with_a_bad_setting_exits_2_before_anything_runs(tmp_path):
     result = CliRunner().invoke(main, ["start", "-f", str(tmp_path / "Procfile")])
     assert result.exit_code == 2
     assert result.stderr == f"dashscale: {ini}: proxy_read_timeout: not a number: 'soon'\n"
+    write_ini(tmp_path, "")
+    result = CliRunner().invoke(main, ["start", "-f", str(tmp_path / "Procfile"),
+                                       "--pod-limit", "0"])
+    assert result.exit_code == 2
+    assert result.stderr == "dashscale: --pod-limit: '0' must be a whole number >= 1\n"
     assert not (tmp_path / ".dashscale").exists()
 
 
