@@ -3,7 +3,6 @@ runtime failure → exit 1."""
 import functools
 import json
 import os
-import re
 import sys
 import time
 
@@ -103,15 +102,8 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
     settings = load_settings(project_dir, {
         "host": host, "port": port, "base_port": base_port, "memory_limit": memory_limit,
         "on_limit": on_limit, "memory_metric": memory_metric, "balance": balance,
-        "pod_limit": pod_limit, "app_name": app_name,
-        "spread": None if spread is None else str(spread).lower(),
-        "services": ",".join(services) if services else None})
-    settings["services_source"] = "--service" if services else \
-        os.path.join(project_dir, "dashscale.ini")
-    if settings.get("app_name") and not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", settings["app_name"]):
-        raise UsageError(f"--app-name: invalid name {settings['app_name']!r} (lowercase letters, "
-                         "digits and hyphens, starting with a letter)")
-    settings.setdefault("balance", "round-robin")
+        "pod_limit": pod_limit, "app_name": app_name, "spread": spread,
+        "services": services or None})
     project = Project(procfile, env_files, memory_limit, settings)
     counts = project.formation(formation, settings)
     run_dir = project.run_dir

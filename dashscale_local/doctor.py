@@ -828,12 +828,12 @@ def measure_replica(project, settings, counts, ptype_name="web", ready_timeout=N
     from .testing import free_port
 
     ptype = project.procfile.types[ptype_name]
-    ready_timeout = float(ready_timeout or settings.get("ready_timeout", 60))
+    ready_timeout = ready_timeout or settings.ready_timeout
     port = free_port()
     name = f"{ptype_name}.1"
     with tempfile.TemporaryDirectory(prefix="dashscale-check-") as tmp:
         env = dict(os.environ)
-        env.update(system_env(project.directory, settings.get("app_name") or ""))
+        env.update(system_env(project.directory, settings.app_name))
         env.update(project.env)
         bin_dir = os.path.dirname(sys.executable)
         env.update({"PORT": str(port), "DASHSCALE_REPLICA": name, "PYTHONUNBUFFERED": "1",

@@ -13,9 +13,10 @@ import sys
 from http import HTTPStatus
 
 from . import http11
+from .config import PARSERS, Settings, load_settings
+from .errors import UsageError
 from .http11 import END, LAST_CHUNK, ProtocolError, Request, Response, encode_chunk
 
-MiB = 1024 * 1024
 LOCAL_PREFIX = b"/_dashscale/"  # served by the runner itself, never by the app
 
 
@@ -46,48 +47,28 @@ COUNTERS = ("connections", "connections_refused", "requests", "local_requests", 
             "upgrades")
 
 
-def _number(value, kind=float):
-    if isinstance(value, (int, float)):
-        return kind(value)
-    text = str(value).strip()
-    try:
-        return kind(float(text))
-    except ValueError:
-        from .sizes import parse_size
-        return kind(parse_size(text, "proxy setting"))
-
-
 class ProxySettings:
-    """Proxy settings (``proxy_*`` keys of conf/defaults.ini; seconds unless noted)."""
+    """The proxy's settings: the ``proxy_*`` fields of config.Settings (seconds unless
+    noted; defaults and checks there). Also takes a dict of ``proxy_*`` values, checked
+    the same way (tests, ``python -m dashscale_local.proxy --set``)."""
 
-    DEFAULTS = {
-        "proxy_max_body": 64 * MiB,          # bytes (sizes like 64MiB accepted); 413 above
-        "proxy_header_timeout": 10,          # whole request head, from its first byte
-        "proxy_body_timeout": 60,            # between two reads of a request body
-        "proxy_keepalive_timeout": 75,       # idle client connection between requests
-        "proxy_connect_timeout": 5,          # connect to a replica
-        "proxy_read_timeout": 300,           # between two reads from a replica (callbacks)
-        "proxy_send_timeout": 60,            # client not reading a response
-        "proxy_max_connections": 4096,       # open client connections
-        "proxy_retry_after": 1,              # Retry-After of a 503
-        "proxy_health_interval": 2,          # active TCP probe period, 0 = off
-    }
+    KEYS = tuple(k for k in PARSERS if k.startswith("proxy_"))
 
     def __init__(self, settings=None):
-        s = dict(self.DEFAULTS)
-        for key, value in (settings or {}).items():
-            if key in s and value is not None and value != "":
-                s[key] = value
-        self.max_body = _number(s["proxy_max_body"], int)
-        self.header_timeout = _number(s["proxy_header_timeout"])
-        self.body_timeout = _number(s["proxy_body_timeout"])
-        self.keepalive_timeout = _number(s["proxy_keepalive_timeout"])
-        self.connect_timeout = _number(s["proxy_connect_timeout"])
-        self.read_timeout = _number(s["proxy_read_timeout"])
-        self.send_timeout = _number(s["proxy_send_timeout"])
-        self.max_connections = _number(s["proxy_max_connections"], int)
-        self.retry_after = _number(s["proxy_retry_after"], int)
-        self.health_interval = _number(s["proxy_health_interval"])
+        if not isinstance(settings, Settings):
+            settings = load_settings(overrides={k: v for k, v in (settings or {}).items()
+                                                if k in self.KEYS and v != ""},
+                                     given_as=lambda key: f"proxy setting {key}")
+        self.max_body = settings.proxy_max_body                 # bytes; 413 above
+        self.header_timeout = settings.proxy_header_timeout     # whole head, from 1st byte
+        self.body_timeout = settings.proxy_body_timeout         # between two body reads
+        self.keepalive_timeout = settings.proxy_keepalive_timeout  # idle client connection
+        self.connect_timeout = settings.proxy_connect_timeout   # connect to a replica
+        self.read_timeout = settings.proxy_read_timeout         # between two replica reads
+        self.send_timeout = settings.proxy_send_timeout         # client not reading
+        self.max_connections = settings.proxy_max_connections   # open client connections
+        self.retry_after = settings.proxy_retry_after           # Retry-After of a 503
+        self.health_interval = settings.proxy_health_interval   # active probe period, 0 = off
         timeouts = (self.header_timeout, self.body_timeout, self.keepalive_timeout,
                     self.connect_timeout, self.read_timeout, self.send_timeout)
         self.sweep_interval = min(0.5, max(0.02, min(timeouts) / 4))
@@ -970,9 +951,13 @@ def main(argv=None):
     settings = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        if key not in ProxySettings.DEFAULTS:
+        if key not in ProxySettings.KEYS:
             ap.error(f"unknown setting {key}")
         settings[key] = value
+    try:
+        settings = ProxySettings(settings)
+    except UsageError as exc:
+        ap.error(str(exc))
     pool = Pool(args.balance)
     for i, spec in enumerate(args.backend, 1):
         host, _, port = spec.rpartition(":")

@@ -14,7 +14,6 @@ import psutil
 
 from . import rundir
 from .balancer import Pool
-from .config import number
 from .errors import RuntimeFailure, UsageError
 from .failure import GUNICORN_EXIT, LOG_BYTES, cause, explain, load_failure, reason, this_run
 from .formation import replica_port, resolve_formation, format_formation
@@ -79,11 +78,11 @@ class Runner:
         self.counts = counts
         self.out = printer or Printer()
         self.run_dir = project.run_dir
-        self.host = settings["host"]
-        self.port = int(settings["port"])
-        self.base_port = int(settings["base_port"])
+        self.host = settings.host
+        self.port = settings.port
+        self.base_port = settings.base_port
         self.replicas = {}
-        self.pool = Pool(settings.get("balance", "round-robin"))
+        self.pool = Pool(settings.balance)
         self.pool.on_connect_failure = self._reprobe_soon
         self.lock = None
         self.stopping = None
@@ -97,8 +96,8 @@ class Runner:
         self.started_at = time.time()
         self.created = time.monotonic()
         self.positions = {t: i for i, t in enumerate(project.type_names)}
-        self.app_name = settings.get("app_name") or ""
-        self.spread = str(settings.get("spread", "false")).lower() in ("1", "true", "yes", "on")
+        self.app_name = settings.app_name
+        self.spread = settings.spread
         self.watcher = None
         self.startup_error = None  # raised once stopped (e.g. every replica OOMKilled idle)
         self._reported_error = None  # the bad edit reported last (reported once)
@@ -134,7 +133,7 @@ class Runner:
         try:
             return asyncio.run(self.main())
         except KeyboardInterrupt:
-            self.sup.shutdown(number(self.settings, "stop_timeout") + 5, first=list(self.replicas))
+            self.sup.shutdown(self.settings.stop_timeout + 5, first=list(self.replicas))
             self._kill_all_now()
             return 1
 
@@ -156,7 +155,7 @@ class Runner:
             await asyncio.to_thread(self.sup.wait_up)
             if self.services:  # replicas start only once every service answers
                 await asyncio.to_thread(self.services.start, self.sup, self.out,
-                                        number(self.settings, "ready_timeout"))
+                                        self.settings.ready_timeout)
             self.out.system(f"starting {format_formation(self.counts)} from {self.project.procfile_path}")
             if not self.autostart:
                 now = time.monotonic()
@@ -165,8 +164,8 @@ class Runner:
                 await asyncio.to_thread(self.sup.start_many, list(self.replicas))
             self._save_state()
             self.guard = MemoryGuard(
-                interval=number(self.settings, "memory_interval"),
-                metric=self.settings["memory_metric"],
+                interval=self.settings.memory_interval,
+                metric=self.settings.memory_metric,
                 before_kill=self._guard_before_kill,
                 on_kill=lambda name, info: loop.call_soon_threadsafe(self._oom_killed, name, info),
                 on_warning=lambda name, info: loop.call_soon_threadsafe(self._memory_warning, name, info))
@@ -226,7 +225,7 @@ class Runner:
             # Services have the lowest priority: supervisord stops them after the replicas.
             extra = 40 if self.services else 0
             await asyncio.to_thread(self.sup.shutdown,
-                                    number(self.settings, "stop_timeout") + 5 + extra,
+                                    self.settings.stop_timeout + 5 + extra,
                                     list(self.replicas))
         self._kill_all_now()
         if self.services:
@@ -274,7 +273,7 @@ class Runner:
 
     async def _await_startup(self):
         """Wait until every replica answers or has failed; report, then print the URL."""
-        deadline = time.monotonic() + number(self.settings, "ready_timeout")
+        deadline = time.monotonic() + self.settings.ready_timeout
         t0 = self.created
         while not self.stopping.is_set():
             pending = [r for r in self.replicas.values() if not r.ready and not r.failure
@@ -558,7 +557,7 @@ class Runner:
         self.pool.remove(name)
         if r.probe and not r.probe.done():
             r.probe.cancel()  # it would poll the dead port until the restart
-        policy = self.settings["on_limit"]
+        policy = self.settings.on_limit
         when = "" if was_ready else " while starting (the limit may be too small for this app)"
         self.out.system(f"!!! {name} OOMKilled{when}: {metric} {format_size(used)} reached its "
                         f"limit {format_size(limit)}; killed all {len(info.get('pids') or [])} "
@@ -620,9 +619,9 @@ class Runner:
     def _schedule_crashloop_restart(self, r):
         """Kubernetes CrashLoopBackOff: 10 s, doubling to 300 s, reset after 10 min up
         (backoff_initial / backoff_max / backoff_reset)."""
-        initial = number(self.settings, "backoff_initial")
-        cap = number(self.settings, "backoff_max")
-        reset = number(self.settings, "backoff_reset")
+        initial = self.settings.backoff_initial
+        cap = self.settings.backoff_max
+        reset = self.settings.backoff_reset
         healthy_for = time.monotonic() - (r.spawned_at or 0)
         if r.crashloop_delay is None or healthy_for >= reset:
             r.crashloop_delay = min(initial, cap)
@@ -688,7 +687,7 @@ class Runner:
     async def _roll(self, type_, names):
         """Replace replicas one at a time: start a new one, wait until it serves, then
         drain and stop an old one — serving capacity never drops."""
-        timeout = number(self.settings, "ready_timeout")
+        timeout = self.settings.ready_timeout
         for old_name in names:
             [new] = await self._add_replicas(type_, 1)
             new.awaited = True  # its failure is reported here, with the roll
@@ -717,15 +716,14 @@ class Runner:
     async def scale(self, spec):
         async with self.lock:
             counts = resolve_formation(self.project.type_names, self.counts, spec,
-                                       pod_limit=int(self.settings["pod_limit"]),
-                                       max_per_type=int(self.settings["max_replicas_per_type"]))
+                                       **self.settings.caps)
             added = await self._apply_counts(counts)
             self.counts = counts
             self.project.save_formation(counts)
             self._event("scale", f"scaled to {format_formation(counts)}")
             self.out.system(f"formation is now {format_formation(counts)}")
             self._save_state()
-            timeout = number(self.settings, "ready_timeout")
+            timeout = self.settings.ready_timeout
             await asyncio.gather(*(self._wait_ready(r, timeout) for r in added))
             return counts
 
@@ -770,7 +768,7 @@ class Runner:
 
     async def _remove_replica(self, r):
         """Drain (no new requests; in-flight ones finish within the grace), then stop."""
-        grace = number(self.settings, "stop_timeout")
+        grace = self.settings.stop_timeout
         r.removing = True
         drained = await self.pool.drain(r.name, grace)
         if not drained:
@@ -816,8 +814,7 @@ class Runner:
             try:
                 procfile, env, limits = self.project.reread()
                 types = list(procfile.types)
-                caps = dict(pod_limit=int(self.settings["pod_limit"]),
-                            max_per_type=int(self.settings["max_replicas_per_type"]))
+                caps = self.settings.caps
                 counts = {t: self.counts.get(t, 1) for t in types}
                 # A deleted scale file says nothing: keep the formation as it is.
                 scale_changed = self.project.scale_file in paths and \
@@ -910,8 +907,8 @@ class Runner:
             "memory": {"total_bytes": sum(r.memory_bytes for r in self.replicas.values()),
                        "max_bytes": sum(r.memory_limit for r in self.replicas.values()),
                        "metric": (self.guard.metric if self.guard  # pss falls back to rss
-                                  else self.settings["memory_metric"]),
-                       "on_limit": self.settings["on_limit"]},
+                                  else self.settings.memory_metric),
+                       "on_limit": self.settings.on_limit},
             "events": self.events[-50:],
             "proxy_stats": self.proxy.stats() if self.proxy else {},
         }
