@@ -219,6 +219,7 @@ class Runner:
                                     number(self.settings, "stop_timeout") + 5 + extra,
                                     list(self.replicas))
         self._kill_all_now()
+        self.project.pods.cleanup()
         if self.services:
             self.services.stop_leftovers()
             for s in self.services:
@@ -607,6 +608,8 @@ class Runner:
     async def restart(self, target=None, rolling=False):
         async with self.lock:
             names = self._select(target)
+            if target not in self.replicas:  # not one pod's restart: a deploy of the tree
+                await self._deploy([] if rolling else names)
             if rolling:
                 for type_ in dict.fromkeys(self.replicas[n].type for n in names):
                     await self._roll(type_, [n for n in names if self.replicas[n].type == type_])
@@ -618,6 +621,13 @@ class Runner:
                     await asyncio.to_thread(self._restart_now, name)
             self._event("restart", f"restarted {', '.join(names)}" + (" (rolling)" if rolling else ""))
             return names
+
+    async def _deploy(self, names=()):
+        """A new snapshot of the app tree (podfs) for the replicas started from now on,
+        and for ``names`` at their next spawn."""
+        await asyncio.to_thread(self.project.pods.deploy)
+        for name in names:
+            self.project.pods.entry(self.sup.launch_dir, name)
 
     def _select(self, target):
         if not target or target == "all":
@@ -722,6 +732,7 @@ class Runner:
             if task:
                 task.cancel()
         await asyncio.to_thread(self.sup.remove, r.name)
+        self.project.pods.discard(r.name)
         self.pool.forget(r.name)
         self.replicas.pop(r.name, None)
         self._tails.pop(r.name, None)
@@ -789,6 +800,8 @@ class Runner:
             self.limits = limits
             for t in types:
                 self._position(t)
+            if changed:  # the replicas rolled (and added) now run the tree as it is now
+                await self._deploy()
             what = []
             for t in removed:
                 what.append(f"removed {t}")
@@ -835,6 +848,9 @@ class Runner:
             "runner_pid": os.getpid(),
             "supervisord_pid": self.sup.process.pid if self.sup and self.sup.process else None,
             "replicas": replicas,
+            # Each replica's own view of the app directory (overlay or copy), ../mount
+            # shared; or "shared": every replica in the user's directory (--shared-fs).
+            "filesystem": self.project.pods.status(),
             # Apart from the replicas, as Dash Enterprise's managed Redis/Postgres: their
             # memory is not in memory.total_bytes / max_bytes.
             "services": self.services.status() if self.services else [],
