@@ -55,7 +55,8 @@ class Pods:
         self.mount = os.path.normpath(os.path.join(project_dir, os.path.expanduser(mount))) \
             if mount else os.path.join(run_dir, "mount")
         self.mode = None
-        self.deploy_id = 0
+        self.deploy_id = 0      # the latest deploy
+        self.current = {}       # process type → the deploy its new replicas run
         self.assigned = {}      # replica name → the deploy its program runs
 
     # -- start, rolls, stop ------------------------------------------------------------
@@ -72,13 +73,16 @@ class Pods:
         os.makedirs(self.mount, exist_ok=True)
         self.deploy()
 
-    def deploy(self):
-        """Snapshot the app tree as the next deploy: replicas written from now on run it."""
+    def deploy(self, types=()):
+        """Snapshot the app tree as the next deploy, for the replicas of ``types`` written
+        from now on (and of types not seen yet). The other types keep theirs: a scale-up
+        runs what its type's other replicas run."""
         if self.mode in (None, "shared"):
             return
         target = os.path.join(self.deploys_dir, str(self.deploy_id + 1))
         clone_tree(self.project_dir, target, skip=self._skip)
         self.deploy_id += 1
+        self.current.update(dict.fromkeys(types, self.deploy_id))
         self._collect()
 
     def entry(self, launch_dir, name):
@@ -93,12 +97,13 @@ class Pods:
             _remove(link)
             os.symlink(self.mount, link)
         launcher = os.path.join(launch_dir, f"{name}.sh")
-        script = pod_script(self.mode, name, pod, self._deploy_path(self.deploy_id), launcher)
+        deploy = self.current.setdefault(name.rpartition(".")[0], self.deploy_id)
+        script = pod_script(self.mode, name, pod, self._deploy_path(deploy), launcher)
         path = os.path.join(launch_dir, f"{name}.pod.sh")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(script)
-        self.assigned[name] = self.deploy_id
+        self.assigned[name] = deploy
         self._collect()
         return path
 
@@ -126,7 +131,8 @@ class Pods:
 
     def _collect(self):
         """Delete deploys that no replica runs any more (the current one stays)."""
-        keep = {str(n) for n in self.assigned.values()} | {str(self.deploy_id)}
+        keep = {str(n) for n in (*self.assigned.values(), *self.current.values(),
+                                 self.deploy_id)}
         for name in os.listdir(self.deploys_dir):
             if name not in keep:
                 _remove(os.path.join(self.deploys_dir, name))
@@ -264,18 +270,13 @@ def _remove(path):
     if os.path.islink(path) or os.path.isfile(path):
         os.unlink(path)
     elif os.path.isdir(path):
-        shutil.rmtree(path, onerror=_writable_then_retry)
-
-
-def _writable_then_retry(func, path, _exc):
-    """rmtree's error hook: overlayfs work dirs are mode 000; make the parent and the
-    path writable and try again."""
-    for p in (os.path.dirname(path), path):
         try:
-            os.chmod(p, 0o700)
-        except OSError:
-            pass
-    func(path)
+            shutil.rmtree(path)
+        except PermissionError:   # overlayfs leaves work/work mode 000 (ours in a userns)
+            for root, dirs, _ in os.walk(path):
+                for d in dirs:
+                    os.chmod(os.path.join(root, d), 0o700)
+            shutil.rmtree(path)
 
 
 if __name__ == "__main__":   # copy mode's pod script: clone a deploy into the pod's app dir

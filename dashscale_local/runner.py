@@ -609,7 +609,8 @@ class Runner:
         async with self.lock:
             names = self._select(target)
             if target not in self.replicas:  # not one pod's restart: a deploy of the tree
-                await self._deploy([] if rolling else names)
+                await self._deploy({self.replicas[n].type for n in names},
+                                   () if rolling else names)
             if rolling:
                 for type_ in dict.fromkeys(self.replicas[n].type for n in names):
                     await self._roll(type_, [n for n in names if self.replicas[n].type == type_])
@@ -622,10 +623,10 @@ class Runner:
             self._event("restart", f"restarted {', '.join(names)}" + (" (rolling)" if rolling else ""))
             return names
 
-    async def _deploy(self, names=()):
-        """A new snapshot of the app tree (podfs) for the replicas started from now on,
-        and for ``names`` at their next spawn."""
-        await asyncio.to_thread(self.project.pods.deploy)
+    async def _deploy(self, types, names=()):
+        """A new snapshot of the app tree (podfs) for the replicas of ``types`` started
+        from now on, and for ``names`` at their next spawn."""
+        await asyncio.to_thread(self.project.pods.deploy, types)
         for name in names:
             self.project.pods.entry(self.sup.launch_dir, name)
 
@@ -800,8 +801,9 @@ class Runner:
             self.limits = limits
             for t in types:
                 self._position(t)
-            if changed:  # the replicas rolled (and added) now run the tree as it is now
-                await self._deploy()
+            new_types = [t for t in types if t not in old]
+            if changed or new_types:  # what is rolled or added runs the tree as it is now
+                await self._deploy(changed + new_types)
             what = []
             for t in removed:
                 what.append(f"removed {t}")

@@ -16,13 +16,17 @@ PROCFILE = ("web: gunicorn disk_app:app --workers 1\n"
 
 
 def call(run, replica, path):
-    """GET ``path`` straight from a replica (web.N or worker.N): (status, text)."""
+    """GET ``path`` straight from a replica (web.N or worker.N): (status, text). A worker
+    counts as ready once it stays up, maybe before it listens: retried until it answers."""
     port = run.replica(replica)["port"]
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+
+    def get():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+    return wait_for(get, 30, message=f"{replica} answering {path}")
 
 
 def read(run, replica, name):
@@ -100,11 +104,15 @@ def test_own_disk_per_replica_and_shared_mount(dashscale, app_dir, mode):
         assert read(run, name, "../mount/shared.txt") == (200, "kept")
         assert read(run, name, "version.txt") == (200, "v1" if name == "worker.1" else "v2")
     assert sorted(os.listdir(os.path.join(run.run_dir, "pods"))) == sorted(after)  # removed go
+    # A scale-up runs what the other replicas of its type run (worker: still v1).
+    assert run.cli("scale", "worker=2").returncode == 0
+    after = pids(run)
+    assert read(run, "worker.2", "version.txt") == (200, "v1")
 
     # A Procfile reload rolls both types: the mount is still there for all.
     run_procfile = PROCFILE.replace("--workers 1\n", "--workers 1 --timeout 40\n")
     (app_dir / "Procfile").write_text(run_procfile)
-    wait_for(lambda: len(pids(run)) == 3 and not set(pids(run).values()) & set(after.values()),
+    wait_for(lambda: len(pids(run)) == 4 and not set(pids(run).values()) & set(after.values()),
              60, message="the Procfile roll")
     for name in pids(run):
         assert read(run, name, "../mount/shared.txt") == (200, "kept")
