@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 
-from .errors import UsageError
+from .errors import RuntimeFailure, UsageError
 
 MODES = ("auto", "overlay", "copy")
 LINK_SIZE = 1024 * 1024       # files this big or bigger are linked, not copied
@@ -80,7 +80,12 @@ class Pods:
         if self.mode in (None, "shared"):
             return
         target = os.path.join(self.deploys_dir, str(self.deploy_id + 1))
-        clone_tree(self.project_dir, target, skip=self._skip)
+        try:
+            clone_tree(self.project_dir, target, skip=self._skip)
+        except OSError as exc:
+            _remove(target)
+            raise RuntimeFailure(f"cannot snapshot the app directory for the replicas: "
+                                 f"{exc.strerror}: {exc.filename} (or run with --shared-fs)")
         self.deploy_id += 1
         self.current.update(dict.fromkeys(types, self.deploy_id))
         self._collect()

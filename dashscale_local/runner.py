@@ -797,13 +797,18 @@ class Runner:
                 or limits[t] != self.limits.get(t))]
             if not removed and not changed and counts == self.counts:
                 return True  # saved with the same content
+            new_types = [t for t in types if t not in old]
+            if changed or new_types:  # what is rolled or added runs the tree as it is now
+                try:
+                    await self._deploy(changed + new_types)
+                except RuntimeFailure as exc:
+                    self.out.system(f"reload: {exc} — nothing changed")
+                    self._event("reload-error", str(exc))
+                    return False
             self.project.procfile, self.project.type_names, self.project.env = procfile, types, env
             self.limits = limits
             for t in types:
                 self._position(t)
-            new_types = [t for t in types if t not in old]
-            if changed or new_types:  # what is rolled or added runs the tree as it is now
-                await self._deploy(changed + new_types)
             what = []
             for t in removed:
                 what.append(f"removed {t}")
