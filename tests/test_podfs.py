@@ -6,6 +6,7 @@ import os
 import urllib.error
 import urllib.request
 
+import psutil
 import pytest
 
 from dashscale_local import podfs
@@ -76,6 +77,14 @@ def test_own_disk_per_replica_and_shared_mount(dashscale, app_dir, mode):
     assert cwd == os.path.join(run.run_dir, "pods", "web.1", "app")
     if expected == "overlay":   # mounted in the replica's namespace only
         assert os.listdir(cwd) == []
+    assert read(run, "web.1", ".dashscale/state.json")[0] == 404   # the run dir is left out
+    # Still the replica supervisord started (exec all the way: its signals reach gunicorn),
+    # with its memory measured and its log shown.
+    web1 = run.replica("web.1")
+    assert "gunicorn" in " ".join(psutil.Process(web1["pid"]).cmdline())
+    wait_for(lambda: run.replica("web.1")["memory_bytes"] > 0, 10, message="web.1's memory")
+    wait_for(lambda: "web.1" in run.output() and "Listening at" in run.output(), 10,
+             message="web.1's log")
 
     # ../mount: one directory for every process, on the host under .dashscale/mount.
     write(run, "web.2", "../mount/shared.txt", "kept")
