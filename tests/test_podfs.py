@@ -127,6 +127,14 @@ def test_own_disk_per_replica_and_shared_mount(dashscale, app_dir, mode):
         assert read(run, name, "../mount/shared.txt") == (200, "kept")
         assert read(run, name, "version.txt") == (200, "v2")
     assert len(os.listdir(os.path.join(run.run_dir, "deploys"))) == 1  # old deploys go
+    # A restart of a whole type is a deploy too (of that type only).
+    (app_dir / "version.txt").write_text("v3")
+    before = pids(run)
+    assert run.cli("restart", "worker").returncode == 0
+    wait_for(lambda: all(p != before[n] for n, p in pids(run).items() if n.startswith("worker"))
+             and all(r["ready"] for r in run.status()["replicas"]), 30, message="workers back")
+    assert {n: read(run, n, "version.txt")[1] for n in pids(run)} == \
+        {n: "v3" if n.startswith("worker") else "v2" for n in pids(run)}
 
     run.stop()
     assert overlay_mounts() == []
