@@ -161,10 +161,10 @@ def pod_script(mode, name, pod, deploy, launcher):
              f"pod={q(pod)}"]
     if mode == "overlay":
         options = f"lowerdir={deploy},upperdir={pod}/upper,workdir={pod}/work"
-        # overlayfs leaves work/work mode 000 (owned by us when in a user namespace)
-        lines += ['chmod -R u+rwx "$pod/work" 2>/dev/null',
-                  'rm -rf "$pod/upper" "$pod/work" "$pod/app" || exit 1',
-                  'mkdir "$pod/upper" "$pod/work" "$pod/app" || exit 1',
+        if os.geteuid() != 0:  # overlayfs leaves work/work mode 000, ours in a userns
+            lines.append('chmod -R u+rwx "$pod/work" 2>/dev/null')
+        lines += ['rm -rf "$pod/upper" "$pod/work" || exit 1',
+                  'mkdir -p "$pod/upper" "$pod/work" "$pod/app" || exit 1',
                   f"exec {' '.join(unshare_argv())} /bin/sh -c "
                   + q('mount -t overlay dashscale -o "$1" "$2" && cd "$2" && exec /bin/sh "$3"')
                   + f' pod {q(options)} "$pod/app" {q(launcher)}']
