@@ -89,9 +89,12 @@ def main():
 @click.option("--service", "services", multiple=True, metavar="redis|postgres",
               help="Run a private Redis / PostgreSQL for the app (repeatable); injects "
                    "REDIS_URL / DATABASE_URL. Replaces dashscale.ini's `services`.")
+@click.option("--shared-fs", is_flag=True, default=None,
+              help="Run every replica in this directory (default: each in its own "
+                   "ephemeral copy of it, as Dash Enterprise pods, with ../mount shared).")
 @handle_errors
 def start(procfile, formation, env_files, host, port, base_port, memory_limit, on_limit,
-          memory_metric, balance, pod_limit, app_name, spread, services):
+          memory_metric, balance, pod_limit, app_name, spread, services, shared_fs):
     """Start the formation in the foreground (Ctrl-C stops everything)."""
     from .config import load_settings
     from .launch import launch
@@ -103,7 +106,7 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
         "host": host, "port": port, "base_port": base_port, "memory_limit": memory_limit,
         "on_limit": on_limit, "memory_metric": memory_metric, "balance": balance,
         "pod_limit": pod_limit, "app_name": app_name, "spread": spread,
-        "services": services or None})
+        "services": services or None, "shared_fs": True if shared_fs else None})
     project = Project(procfile, env_files, memory_limit, settings)
     counts = project.formation(formation, settings)
     run_dir = project.run_dir

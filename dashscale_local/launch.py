@@ -62,6 +62,7 @@ def launch(project, settings, counts, out):
         for name in os.listdir(sup.programs_dir):
             os.unlink(os.path.join(sup.programs_dir, name))  # leftovers of a dead run
         services = _prepare_services(project, settings, sup, out)
+        project.pods.prepare()  # each replica's own disk: the first deploy
         app_name = settings.app_name
         # Without services to wait for, supervisord starts the replicas itself, as soon
         # as its loop first wakes (the runner's first connect): no start RPC round trip.
@@ -127,7 +128,7 @@ def write_replica_program(sup, project, spec, app_name, autostart=False):
     env["XDG_RUNTIME_DIR"] = runtime_dir
     env.update(project.extra_env)
     sup.write_program(spec.name, spec.type, command, _launcher_env(env), project.directory,
-                      autostart)
+                      autostart, entry=project.pods.entry(sup.launch_dir, spec.name))
 
 
 def system_env(directory, app_name):

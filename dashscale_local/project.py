@@ -8,6 +8,7 @@ import os
 from . import rundir
 from .envfile import load_env_files
 from .errors import UsageError
+from .podfs import Pods
 from .formation import parse_formation, parse_scale_file, resolve_formation
 from .procfile import load_procfile
 from .sizes import parse_limits
@@ -37,6 +38,7 @@ class Project:
             self.limit_spec, self.limit_source = None, "memory_limit"
         self.memory_limits = parse_limits(self.limit_spec, self.type_names, self.limit_source)
         self.extra_env = {}  # e.g. REDIS_URL from managed services
+        self.pods = Pods(self.directory, self.run_dir, settings or {})  # replicas' disks
 
     def reread(self):
         """Parse the Procfile, env files and limits again, as a new (procfile, env,

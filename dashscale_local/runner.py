@@ -228,6 +228,7 @@ class Runner:
                                     self.settings.stop_timeout + 5 + extra,
                                     list(self.replicas))
         self._kill_all_now()
+        self.project.pods.cleanup()
         if self.services:
             self.services.stop_leftovers()
             for s in self.services:
@@ -658,6 +659,9 @@ class Runner:
     async def restart(self, target=None, rolling=False):
         async with self.lock:
             names = self._select(target)
+            if target not in self.replicas:  # not one pod's restart: a deploy of the tree
+                await self._deploy({self.replicas[n].type for n in names},
+                                   () if rolling else names)
             if rolling:  # grouped first: a roll replaces names, and may reuse them
                 by_type = {}
                 for name in names:
@@ -672,6 +676,13 @@ class Runner:
                     await asyncio.to_thread(self._restart_now, name)
             self._event("restart", f"restarted {', '.join(names)}" + (" (rolling)" if rolling else ""))
             return names
+
+    async def _deploy(self, types, names=()):
+        """A new snapshot of the app tree (podfs) for the replicas of ``types`` started
+        from now on, and for ``names`` at their next spawn."""
+        await asyncio.to_thread(self.project.pods.deploy, types)
+        for name in names:
+            self.project.pods.entry(self.sup.launch_dir, name)
 
     def _select(self, target):
         if not target or target == "all":
@@ -779,6 +790,7 @@ class Runner:
             if task:
                 task.cancel()
         await asyncio.to_thread(self.sup.remove, r.name)
+        self.project.pods.discard(r.name)
         self.pool.forget(r.name)
         self.replicas.pop(r.name, None)
         self._tails.pop(r.name, None)
@@ -840,6 +852,14 @@ class Runner:
                 or limits[t] != self.limits.get(t))]
             if not removed and not changed and counts == self.counts:
                 return True  # saved with the same content
+            new_types = [t for t in types if t not in old]
+            if changed or new_types:  # what is rolled or added runs the tree as it is now
+                try:
+                    await self._deploy(changed + new_types)
+                except RuntimeFailure as exc:
+                    self.out.system(f"reload: {exc} — nothing changed")
+                    self._event("reload-error", str(exc))
+                    return False
             self.project.procfile, self.project.type_names, self.project.env = procfile, types, env
             self.limits = limits
             for t in types:
@@ -901,6 +921,9 @@ class Runner:
             "runner_pid": os.getpid(),
             "supervisord_pid": self.sup.process.pid if self.sup and self.sup.process else None,
             "replicas": replicas,
+            # Each replica's own view of the app directory (overlay or copy), ../mount
+            # shared; or "shared": every replica in the user's directory (--shared-fs).
+            "filesystem": self.project.pods.status(),
             # Apart from the replicas, as Dash Enterprise's managed Redis/Postgres: their
             # memory is not in memory.total_bytes / max_bytes.
             "services": self.services.status() if self.services else [],
