@@ -182,11 +182,11 @@ class Settings:
     proxy_retry_after: int = _field(_count())
     proxy_health_interval: float = _field(_seconds())
     balance: str = _field(_choice(*BALANCE_POLICIES))
-    # Defaults here until conf/defaults.ini documents it (the branch adding --python).
-    python: str = _field(_text, "")
     shared_fs: bool = _field(_bool)
     pod_disk: str = _field(_choice("auto", "overlay", "copy"))
     mount: str = _field(_text)
+    # Default here until conf/defaults.ini documents it (the branch adding --python).
+    python: str = _field(_text, "")
     # key → where its value came from, as errors name it: "…/dashscale.ini: key", "--key"
     sources: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 

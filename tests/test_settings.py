@@ -54,6 +54,7 @@ CASES = {
     "python": (" /usr/bin/python3 ", "/usr/bin/python3", None, None),
     "shared_fs": ("on", True, "2", "'2' is not one of true, false"),
     "mount": ("/tmp/shared", "/tmp/shared", None, None),
+    "pod_disk": ("copy", "copy", "zfs", "'zfs' is not one of auto, overlay, copy"),
 }
 BAD = [key for key, case in CASES.items() if case[2] is not None]
 
