@@ -12,6 +12,7 @@ import click
 from . import rundir
 from .errors import RuntimeFailure, UsageError
 from .output import LogTail, Printer, last_lines
+from .pyenv import save_python_env, saved_python_env
 from .sizes import format_size
 
 
@@ -32,6 +33,19 @@ def handle_errors(fn):
 
 procfile_option = click.option("-f", "--procfile", default="Procfile", show_default=True,
                                help="The Procfile; the run directory .dashscale/ is next to it.")
+
+
+python_option = click.option(
+    "--python", default=None, metavar="PATH",
+    help="The replicas' Python: a venv directory or a python executable (default: the "
+         "active VIRTUAL_ENV, else .venv/ or venv/ next to the Procfile, else dashscale's).")
+
+
+def python_setting(python):
+    """Settings overrides for --python (a path relative to where the command runs)."""
+    if python is None:
+        return {}
+    return {"python": os.path.abspath(os.path.expanduser(python)), "python_source": "--python"}
 
 
 def _run_dir(procfile):
@@ -90,9 +104,10 @@ def main():
 @click.option("--service", "services", multiple=True, metavar="redis|postgres",
               help="Run a private Redis / PostgreSQL for the app (repeatable); injects "
                    "REDIS_URL / DATABASE_URL. Replaces dashscale.ini's `services`.")
+@python_option
 @handle_errors
 def start(procfile, formation, env_files, host, port, base_port, memory_limit, on_limit,
-          memory_metric, balance, pod_limit, app_name, spread, services):
+          memory_metric, balance, pod_limit, app_name, spread, services, python):
     """Start the formation in the foreground (Ctrl-C stops everything)."""
     from .config import load_settings
     from .launch import launch
@@ -105,7 +120,7 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
         "on_limit": on_limit, "memory_metric": memory_metric, "balance": balance,
         "pod_limit": pod_limit, "app_name": app_name,
         "spread": None if spread is None else str(spread).lower(),
-        "services": ",".join(services) if services else None})
+        "services": ",".join(services) if services else None, **python_setting(python)})
     settings["services_source"] = "--service" if services else \
         os.path.join(project_dir, "dashscale.ini")
     if settings.get("app_name") and not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", settings["app_name"]):
@@ -119,8 +134,11 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
     if runner_proc is not None:
         raise UsageError(f"dashscale is already running here (pid {runner_proc.pid}); "
                          "use `dashscale status` or `dashscale stop`", file=run_dir)
+    project.check_programs()  # gunicorn missing from the app's venv: say so, start nothing
     rundir.prepare(run_dir)
     printer = Printer()
+    printer.system(f"python: {project.python_env.describe()}")
+    save_python_env(run_dir, project.python_env)
     killed = rundir.cleanup_stale(run_dir)
     if killed:
         printer.system(f"cleaned up a previous run that did not stop: killed pids "
@@ -138,11 +156,14 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
 def status(procfile, as_json):
     """Replicas, their state, memory and the proxy URL."""
     data = _control(procfile, "GET", "/status")
+    data.setdefault("python", saved_python_env(_run_dir(procfile)))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"proxy {data['proxy']['url']}  formation "
                + ",".join(f"{k}={v}" for k, v in data["formation"].items()))
+    if data["python"]:
+        click.echo(f"python {data['python']['path']} ({data['python']['why']})")
     rows = [("REPLICA", "STATE", "PID", "PORT", "READY", "MEMORY / LIMIT", "PEAK", "RESTARTS",
              "OOM", "SERVED")]
     notes = []

@@ -125,6 +125,7 @@ class Report:
         self.processes = {}
         self.findings = []
         self.measure = None
+        self.python = None  # the replicas' Python environment (pyenv.PythonEnv)
 
     def add(self, level, code, file, line, message):
         self.findings.append(Finding(level, code, file, line, message))
@@ -141,6 +142,8 @@ class Report:
         data = {"processes": self.processes,
                 "warnings": [f.as_json() for f in self.warnings],
                 "errors": [f.as_json() for f in self.errors]}
+        if self.python is not None:
+            data["python"] = self.python.as_json()
         if self.measure is not None:
             data["measure"] = self.measure
         return data
@@ -254,6 +257,9 @@ class Doctor:
             self.add("warning", "no-web", pf, None,
                      "no 'web' process type: Dash Enterprise (and dashscale's proxy) routes "
                      "requests only to 'web'")
+        self.report.python = self.project.python_env
+        for line, message in self.project.missing_programs():
+            self.add("error", "command-not-installed", pf, line, message)
         for ptype in procfile.types.values():
             self.check_type(ptype)
         self.report.findings.sort(key=lambda f: (f.level != "error", f.file != pf,
@@ -666,10 +672,9 @@ def measure_replica(project, settings, counts, ptype_name="web", ready_timeout=N
     with tempfile.TemporaryDirectory(prefix="dashscale-check-") as tmp:
         env = dict(os.environ)
         env.update(project.env)
-        bin_dir = os.path.dirname(sys.executable)
         env.update({"PORT": str(port), "DASHSCALE_REPLICA": name, "PYTHONUNBUFFERED": "1",
-                    "PATH": bin_dir + os.pathsep + env.get("PATH", os.defpath),
                     "XDG_RUNTIME_DIR": tmp})  # gunicorn's control socket: private
+        project.python_env.apply(env)  # the replicas' Python, as `start` runs them
         env.update(project.extra_env)
         log_path = os.path.join(tmp, "replica.log")
         started = time.monotonic()
@@ -812,6 +817,8 @@ def print_text(report):
         width = max(len(n) for n in procs)
         for name, command in procs.items():
             click.echo(f"  {name.ljust(width)}  {command}")
+    if report.python is not None:
+        click.echo(f"python: {report.python.describe()}")
     m = report.measure
     if m and "skipped" in m:
         click.echo(f"--measure skipped: {m['skipped']}")
@@ -838,7 +845,7 @@ def print_text(report):
 @click.option("-m", "-c", "--formation", "formation", multiple=True,
               help="Formation for --measure's projection (default: the persisted one).")
 @click.option("--memory-limit", default=None, help="Limit for --measure's projection.")
-def check(procfile, as_json, measure, env_files, formation, memory_limit):
+def check(procfile, as_json, measure, env_files, formation, memory_limit, python):
     """Check the Procfile and the app: errors and warnings with file and line.
     Exit 0 without errors, 2 with errors, 1 when --measure failed to run the app."""
     from .config import load_settings
@@ -848,7 +855,8 @@ def check(procfile, as_json, measure, env_files, formation, memory_limit):
     report = Report(shown)
     try:
         path = os.path.abspath(procfile)
-        settings = load_settings(os.path.dirname(path), {"memory_limit": memory_limit})
+        settings = load_settings(os.path.dirname(path), {"memory_limit": memory_limit,
+                                                         **python_setting(python)})
         project = Project(path, env_files, memory_limit, settings)
         counts = project.formation(formation, settings) if measure else {}
     except UsageError as exc:
@@ -885,7 +893,8 @@ def check(procfile, as_json, measure, env_files, formation, memory_limit):
 # Imported only now: cli.py imports this module at its end to register `check`, and under
 # `python -m dashscale_local.cli` that import re-runs cli.py, which must find `check`
 # already defined; so -f and the error handling are added to that same object.
-from .cli import handle_errors, procfile_option  # noqa: E402
+from .cli import handle_errors, procfile_option, python_option, python_setting  # noqa: E402
 
 check.callback = handle_errors(check.callback)
 procfile_option(check)
+python_option(check)

@@ -10,6 +10,7 @@ from .envfile import load_env_files
 from .errors import UsageError
 from .formation import parse_formation, parse_scale_file, resolve_formation
 from .procfile import load_procfile
+from .pyenv import missing_programs, resolve
 from .sizes import parse_limits
 
 SCALE_FILE = "DOKKU_SCALE"
@@ -32,16 +33,28 @@ class Project:
             self.limit_spec, self.limit_source = memory_limit, "--memory-limit"
         else:  # dashscale.ini next to the Procfile, else conf/defaults.ini
             self.limit_spec = (settings or {}).get("memory_limit")
-            ini = os.path.join(self.directory, "dashscale.ini")
-            self.limit_source = (f"{ini}: memory_limit" if _ini_sets(ini, "memory_limit")
-                                 else "memory_limit")
+            self.limit_source = _setting_source(self.directory, "memory_limit")
         self.memory_limits = parse_limits(self.limit_spec, self.type_names, self.limit_source)
         self.extra_env = {}  # e.g. REDIS_URL from managed services
+        settings = settings or {}
+        self.python_env = resolve(self.directory, settings.get("python"), settings.get(
+            "python_source") or _setting_source(self.directory, "python"))
+
+    def missing_programs(self, procfile=None):
+        """(line, message) per Procfile type whose program the replicas' Python
+        environment lacks (gunicorn not installed in the app's venv…)."""
+        return missing_programs(procfile or self.procfile, self.python_env, self.directory)
+
+    def check_programs(self, procfile=None):
+        """UsageError (exit 2) naming the Procfile line of the first missing program."""
+        for line, message in self.missing_programs(procfile):
+            raise UsageError(message, file=self.procfile_path, line=line)
 
     def reread(self):
         """Parse the Procfile, env files and limits again, as a new (procfile, env,
         limits) triple; raises UsageError and changes nothing when any is bad."""
         procfile = load_procfile(self.procfile_path)
+        self.check_programs(procfile)
         env = load_env_files(self.env_files, required=self.env_required)
         limits = parse_limits(self.limit_spec, list(procfile.types), self.limit_source)
         return procfile, env, limits
@@ -102,6 +115,13 @@ class Project:
         return resolve_formation(self.type_names, saved, *parsed,
                                  pod_limit=int(settings["pod_limit"]),
                                  max_per_type=int(settings["max_replicas_per_type"]))
+
+
+def _setting_source(directory, key):
+    """How messages name a setting: ``…/dashscale.ini: key`` when the project's file sets
+    it, else just ``key`` (the packaged default)."""
+    ini = os.path.join(directory, "dashscale.ini")
+    return f"{ini}: {key}" if _ini_sets(ini, key) else key
 
 
 def _ini_sets(path, key):
