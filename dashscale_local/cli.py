@@ -137,13 +137,13 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
     project.check_programs()  # gunicorn missing from the app's venv: say so, start nothing
     rundir.prepare(run_dir)
     printer = Printer()
-    printer.system(f"python: {project.python_env.describe()}")
     save_python_env(run_dir, project.python_env)
     killed = rundir.cleanup_stale(run_dir)
     if killed:
         printer.system(f"cleaned up a previous run that did not stop: killed pids "
                        f"{', '.join(map(str, killed))}")
     launched = launch(project, settings, counts, printer)
+    printer.system(f"python: {project.python_env.describe()}")  # once nothing can fail on input
     # The event-loop half (asyncio, the proxy, psutil…) is imported while supervisord starts.
     from .runner import Runner
     sys.exit(Runner(project, settings, counts, printer).run(launched))

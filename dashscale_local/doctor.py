@@ -445,10 +445,9 @@ class Doctor:
                          "post_fork hook) or drop --preload")
 
     # -- modules --------------------------------------------------------------
-    @staticmethod
-    def find_module(module, roots):
+    def find_module(self, module, roots):
         """Path of ``module``'s source under ``roots``, "installed" when importable from
-        sys.path, None when not found."""
+        the replicas' Python environment, None when not found."""
         parts = module.split(".")
         if not all(p.isidentifier() for p in parts):
             return "installed"  # not a plain dotted name (gunicorn accepts some oddities)
@@ -460,7 +459,7 @@ class Doctor:
             if os.path.isdir(base) and len(parts) == 1:
                 return "installed"  # namespace package
         try:
-            if PathFinder.find_spec(parts[0], sys.path) is not None:
+            if PathFinder.find_spec(parts[0], self.project.python_env.sys_path()) is not None:
                 return "installed"
         except (ImportError, ValueError):
             pass

@@ -7,10 +7,12 @@ environment's ``bin`` goes first on the replicas' PATH (and is ``VIRTUAL_ENV`` w
 venv), so ``gunicorn`` in a Procfile is the app's gunicorn with the app's packages, whoever
 installed dashscale (its own venv, pipx, the app's venv).
 """
+import functools
 import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -32,7 +34,8 @@ SHELL_WORDS = {"cd", "export", "source", ".", "set", "if", "for", "while", "unti
 @dataclass(frozen=True)
 class PythonEnv:
     python: str   # the interpreter, as found (a venv's python is a symlink: not resolved)
-    source: str   # "--python", "…/dashscale.ini: python", "VIRTUAL_ENV", ".venv", "venv", "dashscale"
+    source: str   # the rule: "--python", "…/dashscale.ini: python", "VIRTUAL_ENV", ".venv",
+    #               "venv" or "dashscale" (its own environment)
     why: str      # for people: "from --python", ".venv next to the Procfile", …
 
     @property
@@ -76,8 +79,27 @@ class PythonEnv:
             return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
         return shutil.which(program, path=self.apply(dict(os.environ))["PATH"])
 
+    def sys_path(self):
+        """The environment's sys.path (where its installed packages are), asked of its
+        interpreter once; dashscale's own when it is the same interpreter."""
+        if os.path.realpath(self.python) == os.path.realpath(sys.executable) and \
+                self.venv == _own_venv():
+            return sys.path
+        return _sys_path_of(self.python)
+
     def install_hint(self, program):
         return f"{self.python} -m pip install {PACKAGES.get(program, program)}"
+
+
+@functools.lru_cache(maxsize=None)
+def _sys_path_of(python):
+    try:
+        out = subprocess.run([python, "-c", "import json, sys; print(json.dumps(sys.path))"],
+                             capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "PYTHONSAFEPATH": "1"}, cwd="/")
+        return [p for p in json.loads(out.stdout) if p]
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return sys.path  # cannot ask it: look where dashscale looks
 
 
 def _own_venv():

@@ -151,7 +151,8 @@ def test_installing_dashscale_changes_no_pin(old_venv, wheel):
     to_install = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
                   for i in json.loads(plan.stdout)["install"]}
     assert "dashscale-local" in to_install
-    changed = {name: (installed[name], v) for name, v in to_install.items() if name in installed}
+    changed = {name: (installed[name], version) for name, version in to_install.items()
+               if name in installed}
     assert changed == {}, f"installing dashscale would change the app's pins: {changed}"
     for pinned in OLD_PINS:
         name = pinned.split("==")[0]
@@ -322,3 +323,16 @@ def test_missing_programs_names_line_env_and_package(tmp_path, monkeypatch):
         (3, f"'newrelic-admin' is not installed in {venv} (.venv next to the Procfile): "
             f"run {venv}/bin/python -m pip install newrelic"),
         (4, f"sh: './run.sh' not found or not executable (in {tmp_path})")]
+
+
+@pytest.mark.slow  # needs the app venv (built once, then cached)
+def test_check_looks_for_modules_in_the_app_environment(project, app_venv, monkeypatch):
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+    run = Run(project, "web: gunicorn app:server -w 2\nworker: python -m fixture_dep\n")
+    os.symlink(app_venv, project / ".venv")
+    found = json.loads(run.cli("check", "--json").stdout)
+    assert (found["errors"], found["python"]["source"]) == ([], ".venv")
+    bare = _bare_venv(project / "bare")
+    found = json.loads(run.cli("check", "--json", "--python", str(bare)).stdout)
+    assert [(e["line"], e["code"]) for e in found["errors"]] == [
+        (1, "command-not-installed"), (2, "app-module-missing")]
