@@ -19,7 +19,7 @@ import pytest
 from dashscale_local.errors import UsageError
 from dashscale_local.pyenv import PythonEnv, missing_programs, program_of, resolve
 from dashscale_local.procfile import load_procfile
-from dashscale_local.testing import Run, processes_with_marker
+from dashscale_local.testing import Run, processes_with_marker, wait_for
 
 from .venvs import cached_venv, older_python
 
@@ -336,3 +336,21 @@ def test_check_looks_for_modules_in_the_app_environment(project, app_venv, monke
     found = json.loads(run.cli("check", "--json", "--python", str(bare)).stdout)
     assert [(e["line"], e["code"]) for e in found["errors"]] == [
         (1, "command-not-installed"), (2, "app-module-missing")]
+
+
+@pytest.mark.slow
+def test_live_edit_to_a_missing_program_changes_nothing(dashscale, monkeypatch):
+    """A Procfile saved with a program the environment lacks is reported with its line
+    and the running replica keeps serving (no failed roll)."""
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+    run = dashscale("web: gunicorn echo_app:app --workers 1\n")
+    pid = run.replica("web.1")["pid"]
+    with open(run.procfile, "w") as f:
+        f.write("web: no-such-server echo_app:app\n")
+    wait_for(lambda: "'no-such-server' is not installed in" in run.output(), 15,
+             message="the reload error")
+    line = next(text for text in run.output().splitlines()
+                if "'no-such-server' is not" in text)
+    assert f"{run.procfile}:1: 'no-such-server' is not installed in " in line
+    assert "nothing changed" in line
+    assert run.get("/")[0] == 200 and run.replica("web.1")["pid"] == pid
