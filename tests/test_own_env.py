@@ -21,7 +21,7 @@ from dashscale_local.pyenv import PythonEnv, missing_programs, program_of, resol
 from dashscale_local.procfile import load_procfile
 from dashscale_local.testing import Run, processes_with_marker, wait_for
 
-from .venvs import cached_venv, older_python
+from .venvs import cached_venv, clean_copy, older_python
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "own_env")
@@ -52,8 +52,9 @@ def old_venv():
 def wheel(tmp_path_factory):
     """dashscale's wheel, built from this checkout as `pip install <repo>` builds it."""
     out = tmp_path_factory.mktemp("wheel")
+    source = clean_copy(REPO, tmp_path_factory.mktemp("src") / "dashscale")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                    "-w", str(out), REPO], check=True, timeout=600)
+                    "-w", str(out), str(source)], check=True, timeout=600)
     (path,) = out.glob("dashscale_local-*.whl")
     return path
 

@@ -14,17 +14,30 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 CACHE = Path(os.environ.get("DASHSCALE_TEST_CACHE",
                             os.path.expanduser("~/.cache/dashscale-tests")))
 
 
+BUILD_LEFTOVERS = shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".venv",
+                                         ".dashscale", ".git", "*.so", "*.whl")
+
+
+def clean_copy(source, destination):
+    """``source`` without build leftovers: what a fresh clone holds (pip builds a local
+    directory in place, and a stale build/ could slip into what it installs)."""
+    shutil.copytree(source, destination, ignore=BUILD_LEFTOVERS)
+    return destination
+
+
 def _files_digest(directory):
     digest = hashlib.sha256()
     for path in sorted(Path(directory).rglob("*")):
-        if path.is_file() and "egg-info" not in str(path) and "__pycache__" not in str(path):
-            digest.update(str(path.relative_to(directory)).encode() + path.read_bytes())
+        parts = path.relative_to(directory).parts
+        if path.is_file() and not BUILD_LEFTOVERS(str(directory), parts):
+            digest.update("/".join(parts).encode() + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -50,7 +63,10 @@ def cached_venv(python, requirements, local_packages=()):
             subprocess.run([python, "-m", "venv", str(target)], check=True)
             pip = [str(target / "bin" / "python"), "-m", "pip", "install", "--quiet",
                    "--disable-pip-version-check"]
-            subprocess.run([*pip, *requirements, *map(str, local_packages)], check=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                local = [clean_copy(p, os.path.join(tmp, os.path.basename(p)))
+                         for p in local_packages]
+                subprocess.run([*pip, *requirements, *local], check=True)
             (target / ".complete").write_text(" ".join(requirements) + "\n")
     return target
 
