@@ -356,3 +356,17 @@ def test_live_edit_to_a_missing_program_changes_nothing(dashscale, monkeypatch):
     assert f"{run.procfile}:1: 'no-such-server' is not installed in " in line
     assert "nothing changed" in line
     assert run.get("/")[0] == 200 and run.replica("web.1")["pid"] == pid
+
+
+@pytest.mark.slow
+def test_check_measure_runs_the_replica_in_the_app_environment(project, app_venv, monkeypatch):
+    # fixture_dep is only in the app's venv: a replica run with dashscale's own gunicorn
+    # would fail to import the app.
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+    run = Run(project, PROCFILE)
+    os.symlink(app_venv, project / ".venv")
+    result = run.cli("check", "--measure", "--json", timeout=180)
+    data = json.loads(result.stdout)
+    assert result.returncode == 0, data
+    assert data["measure"]["workers"] == 2 and data["measure"]["per_worker_bytes"] > 0
+    assert processes_with_marker(run.run_id) == []
