@@ -12,7 +12,7 @@ DEBIAN_PACKAGES := redis-server postgresql chromium chromium-driver nginx-light 
 $(BIN)/.installed: setup.cfg setup.py pyproject.toml dashscale_local/http11/_fast.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[demo,test]'
 	@# pip byte-compiles what it installs, but not an editable project; with
 	@# PYTHONDONTWRITEBYTECODE set, every `dashscale start` would recompile it (~0.1 s).
 	$(BIN)/python -m compileall -q dashscale_local

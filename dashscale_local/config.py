@@ -185,8 +185,7 @@ class Settings:
     shared_fs: bool = _field(_bool)
     pod_disk: str = _field(_choice("auto", "overlay", "copy"))
     mount: str = _field(_text)
-    # Default here until conf/defaults.ini documents it (the branch adding --python).
-    python: str = _field(_text, "")
+    python: str = _field(_text)
     # key → where its value came from, as errors name it: "…/dashscale.ini: key", "--key"
     sources: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 

@@ -9,7 +9,6 @@ benchmark (benchmarks/bench_startup.py).
 import errno
 import os
 import re
-import sys
 import time
 
 from . import rundir
@@ -115,11 +114,9 @@ def write_replica_program(sup, project, spec, app_name, autostart=False):
     env = dict(os.environ)
     env.update(system_env(project.directory, app_name))
     env.update(project.env)  # .env wins over DE's system variables
-    bin_dir = os.path.dirname(sys.executable)
-    env.update({
-        "PORT": str(spec.port), "DASHSCALE_REPLICA": spec.name, "PYTHONUNBUFFERED": "1",
-        "PATH": bin_dir + os.pathsep + env.get("PATH", os.defpath),
-    })
+    env.update({"PORT": str(spec.port), "DASHSCALE_REPLICA": spec.name,
+                "PYTHONUNBUFFERED": "1"})
+    project.python_env.apply(env)  # the app's venv first on PATH (gunicorn, python…)
     # A private runtime dir per replica: gunicorn ≥24 puts its control socket in
     # $XDG_RUNTIME_DIR (else ~/.gunicorn, shared by all replicas and clashing).
     runtime_dir = os.path.join(project.run_dir, "rt", spec.name)

@@ -81,8 +81,7 @@ def test_defaults_ini_holds_every_setting_and_parses():
     parser.read_string(packaged_text("defaults.ini"))
     keys = set(parser["dashscale"])
     assert keys <= set(config.PARSERS)
-    # Defaulted in Settings until their branches document them in defaults.ini.
-    assert set(config.PARSERS) - keys <= {"python", "shared_fs", "mount"}
+    assert set(config.PARSERS) == keys
     s = load_settings()
     assert (s.port, s.base_port, s.caps) == (8050, 5006, {"pod_limit": 40, "max_per_type": 10})
     assert (s.memory_limit, s.memory_interval, s.spread, s.services) == ("8GiB", 0.25, False, ())
