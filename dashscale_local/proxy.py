@@ -67,6 +67,9 @@ HTTP request — a sync worker busy with a 2 s callback still completes TCP hand
 (the kernel queues them in the listen backlog), whereas an HTTP probe would either wait
 behind the callback or, with a short timeout, wrongly evict a busy replica. A refused
 connect evicts at once; a connect that times out (backlog full) evicts after 3 in a row.
+With an owner (the runner, which sees a replica's exit by itself) and no request since
+the last round, the period doubles up to ``proxy_health_idle_interval`` (idle costs
+nothing); the first round after a request is back to the base period.
 Without an owner for re-probing (standalone proxy), the checker re-probes failed backends
 itself with back-off (0.1 s doubling to 2 s).
 
@@ -112,6 +115,7 @@ import sys
 from http import HTTPStatus
 
 from . import http11
+from .cadence import backoff_interval
 from .http11 import END, LAST_CHUNK, ProtocolError, Request, Response, encode_chunk
 
 MiB = 1024 * 1024
@@ -170,6 +174,7 @@ class ProxySettings:
         "proxy_max_connections": 4096,       # open client connections
         "proxy_retry_after": 1,              # Retry-After of a 503
         "proxy_health_interval": 2,          # active TCP probe period, 0 = off
+        "proxy_health_idle_interval": 30,    # with an owner and no traffic: up to this
     }
 
     def __init__(self, settings=None):
@@ -187,6 +192,7 @@ class ProxySettings:
         self.max_connections = _number(s["proxy_max_connections"], int)
         self.retry_after = _number(s["proxy_retry_after"], int)
         self.health_interval = _number(s["proxy_health_interval"])
+        self.health_idle_interval = _number(s["proxy_health_idle_interval"])
         timeouts = (self.header_timeout, self.body_timeout, self.keepalive_timeout,
                     self.connect_timeout, self.read_timeout, self.send_timeout)
         self.sweep_interval = min(0.5, max(0.02, min(timeouts) / 4))
@@ -964,7 +970,9 @@ class HealthChecker:
 
     def __init__(self, pool, settings):
         self.pool = pool
-        self.interval = settings.health_interval
+        self.interval = self.base = settings.health_interval
+        self.idle_cap = settings.health_idle_interval
+        self._routed = None
         self.timeout = min(settings.connect_timeout, max(self.interval, 0.5))
         self.task = None
         self.rounds = 0
@@ -991,10 +999,20 @@ class HealthChecker:
             await asyncio.sleep(max(0.0, wake - now))
             now = loop.time()
             if now >= next_check:
-                next_check = now + self.interval
                 await self.check_rotation()
+                self.interval = self.next_interval()
+                next_check = now + self.interval
             if self.pool.on_connect_failure is None:
                 await self.reprobe_failed(loop.time())
+
+    def next_interval(self):
+        """The base period while requests come; with an owner (the runner sees a replica's
+        exit by itself) and no request since the last round, doubled up to the idle cap."""
+        routed = sum(b.routed for b in self.pool.backends.values())
+        busy = (routed != self._routed or self.pool.on_connect_failure is None
+                or any(b.inflight for b in self.pool.backends.values()))
+        self._routed = routed
+        return backoff_interval(self.interval, self.base, self.idle_cap, busy)
 
     async def check_rotation(self):
         backends = list(self.pool.rotation)
