@@ -454,14 +454,16 @@ class MemoryGuard(threading.Thread):
     def run(self):
         while not self._stop_event.is_set():
             c0 = _thread_time()
+            wait = 0.0
             try:
                 self.sweep()
-            except Exception:  # never die: log and carry on
+            except Exception:  # never die: log and carry on (not in a tight loop)
                 self._errors += 1
                 log.exception("memory guard: sweep failed")
+                wait = self.interval
             self._cpu += _thread_time() - c0
             self._sweeps += 1
-            self._wake.wait(self._until_due())
+            self._wake.wait(max(wait, self._until_due()))
             self._wake.clear()
 
     def _until_due(self):
