@@ -1,9 +1,10 @@
 """Per-replica memory measurement and OOM-kill emulation (the "memory guard").
 
-A :class:`MemoryGuard` is a daemon thread that, every ``interval`` seconds (or up to
-``idle_interval`` s for a replica far below its limit: see "Cadence"), measures each watched replica over its whole process tree (gunicorn master,
-workers, and anything they spawn) and, when a replica reaches its limit, kills it the way
-the Kubernetes OOM killer kills a pod. It knows nothing about supervisord: the runner
+A :class:`MemoryGuard` is a daemon thread that, every ``interval`` seconds (up to
+``idle_interval`` s for a replica far below its limit: see "Cadence"), measures each
+watched replica over its whole process tree (gunicorn master, workers, and anything they
+spawn) and, when a replica reaches its limit, kills it the way the Kubernetes OOM killer
+kills a pod. It knows nothing about supervisord: the runner
 calls :meth:`~MemoryGuard.watch` when a replica starts, :meth:`~MemoryGuard.unwatch` when
 it stops, and reacts to ``on_kill`` (state OOMKILLED, exit 137, restart policy)::
 
