@@ -29,12 +29,13 @@ def guard_interval(headroom, rate, fast, slow, max_growth):
     ``headroom``: its limit minus the upper bound of its metric at this sweep (bytes);
     ``rate``: how fast that bound grew since its previous sweep (bytes/s, may be < 0);
     ``max_growth``: the fastest growth assumed (bytes/s). Growing at
-    ``speed = max(max_growth, 2 × rate)`` it cannot cross the limit within
-    ``headroom / speed`` s; sweeping ``fast`` s after that moment keeps the time from the
-    crossing to the sweep that sees it within ``fast``, as with a fixed ``fast`` period.
-    Never slower than ``slow`` nor faster than ``fast``.
+    ``speed = max(max_growth, 2 × rate)`` it cannot reach the limit within
+    ``headroom / speed`` s, so the next sweep comes then (or after ``fast`` s if that is
+    sooner than ``fast``, or after ``slow`` s if that is later). By induction over the
+    sweeps, the time from a crossing to the sweep that sees it stays within ``fast`` for
+    any growth up to ``speed``, as with a fixed ``fast`` period.
     """
     if headroom <= 0 or max_growth <= 0:
         return fast
     speed = max(max_growth, 2.0 * rate)
-    return min(max(fast, slow), fast + headroom / speed)
+    return min(max(fast, slow), max(fast, headroom / speed))

@@ -104,13 +104,13 @@ and ``smaps_rollup`` ("an exact reading") only when a decision needs it:
 
 Cadence
 -------
-Each replica has its own next sweep (``cadence.guard_interval``): ``interval`` (0.25 s)
-plus the time its metric's upper bound would need to reach the limit growing at
-``max(max_growth, 2 × its growth rate since its previous sweep)``, capped at
-``idle_interval``. So the time from a crossing to the sweep that sees it stays within
+Each replica has its own next sweep (``cadence.guard_interval``): when its metric's upper
+bound could reach the limit at the earliest, growing at ``max(max_growth, 2 × its growth
+rate since its previous sweep)``, but not sooner than ``interval`` (0.25 s) nor later
+than ``idle_interval``. So the time from a crossing to the sweep that sees it stays within
 ``interval`` for any growth up to ``max_growth`` (4 GiB/s by default; one thread faults
 pages in at ≈1.4 GiB/s here), and a replica far below its limit is swept every
-``idle_interval`` s (1 s in dashscale). Replicas due within ``interval`` go along with the
+``idle_interval`` s (1 s in dashscale; an 8 GiB limit is 2 s away at 4 GiB/s). Replicas due within ``interval`` go along with the
 one that is due (one /proc scan per sweep). Without ``idle_interval`` every sweep is
 ``interval`` apart, as before.
 

@@ -30,8 +30,9 @@ def test_guard_idle_far_from_the_limit_is_slow():
 def test_guard_near_the_limit_is_fast():
     assert guard_interval(0, 0, FAST, SLOW, GROWTH) == FAST
     assert guard_interval(-5 * MiB, 0, FAST, SLOW, GROWTH) == FAST   # over it: decide now
-    # 40 MiB left: ~10 ms at 4 GiB/s, so the sweep after the earliest crossing is ~fast
-    assert abs(guard_interval(40 * MiB, 0, FAST, SLOW, GROWTH) - FAST) < 0.011
+    # 40 MiB left: ~10 ms at 4 GiB/s; 2 GiB left: 0.5 s
+    assert guard_interval(40 * MiB, 0, FAST, SLOW, GROWTH) == FAST
+    assert guard_interval(2 * GiB, 0, FAST, SLOW, GROWTH) == 0.5
 
 
 def test_guard_growth_that_would_cross_within_the_slow_interval_is_fast():
@@ -39,18 +40,25 @@ def test_guard_growth_that_would_cross_within_the_slow_interval_is_fast():
     assert guard_interval(headroom, 0, FAST, SLOW, GROWTH) == SLOW
     # but it grew at 6 GiB/s since the last sweep: assume twice that from now on
     t = guard_interval(headroom, 6 * GiB, FAST, SLOW, GROWTH)
-    assert t == FAST + headroom / (12 * GiB) == 0.75
+    assert t == headroom / (12 * GiB) == 0.5
     # shrinking does not slow it beyond what the assumed growth allows
     assert guard_interval(headroom, -GiB, FAST, SLOW, GROWTH) == SLOW
 
 
 def test_guard_crossing_is_always_seen_within_fast():
-    """Whatever the headroom, a replica growing at max_growth from the sweep on crosses
-    at headroom/max_growth; the next sweep comes at most FAST after that."""
+    """Simulated sweeps of a replica that starts growing at max_growth at any moment:
+    the sweep that sees it over the limit comes at most FAST after the crossing."""
+    limit, used = 8 * GiB, 150 * MiB
+    for start in (0.0, 0.1, 0.37, 0.99, 1.5):
+        t = 0.0
+        while True:
+            bound = used + GROWTH * max(0.0, t - start)
+            if bound >= limit:
+                assert t - (start + (limit - used) / GROWTH) <= FAST + 1e-9
+                break
+            t += guard_interval(limit - bound, 0, FAST, SLOW, GROWTH)
     for headroom in (0, MiB, 100 * MiB, GiB, 3 * GiB, 8 * GiB, 64 * GiB):
-        t = guard_interval(headroom, 0, FAST, SLOW, GROWTH)
-        assert FAST <= t <= SLOW
-        assert t - headroom / GROWTH <= FAST + 1e-9
+        assert FAST <= guard_interval(headroom, 0, FAST, SLOW, GROWTH) <= SLOW
 
 
 def test_guard_without_an_idle_interval_keeps_a_fixed_period():
