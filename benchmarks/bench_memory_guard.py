@@ -279,7 +279,7 @@ def bench_pm2(tmp, cap, result):
 SCENARIOS = [  # label, guard kwargs, limit, share of --overhead-seconds
     ("defaults (pss, 8 GiB limits: far)", {}, 8 << 30, 1.0),
     ("pss near limit (ΣRSS>80%, PSS<50%)", {}, 150 * MiB, 1.0),
-    ("adaptive: idle_interval 1 s (dashscale)", {"idle_interval": 1.0, "idle_refresh": 60.0},
+    ("adaptive (dashscale: idle 1 s)", {"idle_interval": 1.0, "idle_refresh": 60.0},
      8 << 30, 1.0),
     ("rss metric", {"metric": "rss"}, 8 << 30, 0.5),
     ("naive: smaps_rollup every sweep", {"exact_max_age": 0, "refresh": 0}, 8 << 30, 0.5),
