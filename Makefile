@@ -39,7 +39,7 @@ test-fast: $(BIN)/.installed
 
 # Every benchmark, one after another (about 20 minutes; the soak alone is 10).
 BENCHMARKS := bench_startup.py bench_demo.py bench_proxy.py bench_proxy_instructions.py \
-	bench_memory_guard.py \
+	bench_memory_guard.py bench_idle.py \
 	bench_reload.py bench_background.py bench_http11.py bench_podfs.py soak.py
 bench: $(BIN)/.installed system-deps
 	set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(BIN)/python benchmarks/$$b; done

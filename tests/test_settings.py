@@ -55,6 +55,10 @@ CASES = {
     "shared_fs": ("on", True, "2", "'2' is not one of true, false"),
     "mount": ("/tmp/shared", "/tmp/shared", None, None),
     "pod_disk": ("copy", "copy", "zfs", "'zfs' is not one of auto, overlay, copy"),
+    "proxy_health_idle_interval": ("10", 10.0, "-1", "'-1' must be a number of seconds >= 0"),
+    "memory_idle_interval": ("2", 2.0, "0", "'0' must be a number of seconds >= 0.01"),
+    "memory_max_growth": ("1GiB", 2**30, "lots", "lots"),
+    "monitor_idle_interval": ("0.5", 0.5, "x", "not a number: 'x'"),
 }
 BAD = [key for key, case in CASES.items() if case[2] is not None]
 
