@@ -33,7 +33,10 @@ FICLONE = 0x40049409           # ioctl: reflink a whole file (btrfs, xfs, bcache
 class Pods:
     """The replicas' filesystems for one run."""
 
-    def __init__(self, project_dir, run_dir, settings):
+    def __init__(self, project_dir, run_dir, settings, secrets=()):
+        """``secrets``: files the snapshot leaves out (the env files: their values reach
+        the replicas as environment variables, and no copy of them lands on disk)."""
+        self.secrets = {os.path.abspath(p) for p in secrets}
         self.project_dir, self.run_dir = project_dir, run_dir
         self.pods_dir = os.path.join(run_dir, "pods")
         self.deploys_dir = os.path.join(run_dir, "deploys")
@@ -133,7 +136,7 @@ class Pods:
     def _skip(self, path, entry):
         """None to copy ``entry`` of directory ``path``; "omit"; or "link" (venvs)."""
         full = os.path.join(path, entry.name)
-        if entry.name in SKIP or full == self.mount:
+        if entry.name in SKIP or full == self.mount or full in self.secrets:
             return "omit"
         if entry.is_dir(follow_symlinks=False) and \
                 os.path.exists(os.path.join(full, "pyvenv.cfg")):
@@ -204,7 +207,8 @@ def overlay_works(run_dir):
     except (OSError, subprocess.TimeoutExpired):
         ok = False
     _remove(probe)
-    with open(cache, "w", encoding="utf-8") as f:
+    with open(os.open(cache, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+              encoding="utf-8") as f:
         f.write(f"{key} {'yes' if ok else 'no'}")
     return ok
 

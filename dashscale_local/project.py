@@ -39,7 +39,8 @@ class Project:
             self.limit_spec, self.limit_source = None, "memory_limit"
         self.memory_limits = parse_limits(self.limit_spec, self.type_names, self.limit_source)
         self.extra_env = {}  # e.g. REDIS_URL from managed services
-        self.pods = Pods(self.directory, self.run_dir, settings or {})  # replicas' disks
+        # the replicas' own disks (the env files stay out of their snapshots)
+        self.pods = Pods(self.directory, self.run_dir, settings or {}, self.env_files)
         self.python_env = resolve(self.directory, settings.python if settings else None,
                                   settings.where("python") if settings else "python")
 
