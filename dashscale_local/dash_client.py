@@ -217,15 +217,22 @@ def walk_layout(node):
     return ((id_, props, type_) for id_, props, type_ in walk_all(node) if id_ is not None)
 
 
-def decode_response(status, body):
+def decode_response(status, body, replica=None):
     """(status, bytes) → the update {id: {prop: value}}, or None for 204 PreventUpdate.
 
-    Raises DashProtocolError for anything a browser would treat as a failed callback."""
+    Raises DashProtocolError for anything a browser would treat as a failed callback;
+    an HTTP error names the replica that answered (`replica`, from X-Dashscale-Replica)
+    and where its traceback is, rather than quoting an HTML error page."""
     if status == 204:
         return None
     if status != 200:
+        if replica:
+            raise DashProtocolError(f"HTTP {status} from {replica} (see dashscale logs "
+                                    f"{replica})")
         snippet = body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
-        raise DashProtocolError(f"HTTP {status}" + (f": {snippet}" if snippet else ""))
+        html = snippet[:1] == "<"  # an error page: its markup says nothing useful here
+        raise DashProtocolError(f"HTTP {status}" + (f": {snippet}" if snippet and not html
+                                                    else ""))
     try:
         data = json.loads(body)
     except ValueError:
@@ -806,7 +813,7 @@ class Session:
             replica = resp.headers.get(REPLICA_HEADER)
             t1 = time.perf_counter()
             try:
-                update, error = decode_response(resp.status, data), None
+                update, error = decode_response(resp.status, data, replica), None
             except DashProtocolError as exc:
                 update, error = None, str(exc)
             return CallResult(name, resp.status, seconds, replica, update, error, queued_s,

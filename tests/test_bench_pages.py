@@ -1,12 +1,14 @@
 """bench on a Dash Pages app as a browser sees it: only the callbacks of the rendered
-page fire, and a page without a button points at the app's pages."""
+page fire, a page without a button points at the app's pages, and failed callbacks
+are named by replica and left out of the ideal."""
 import json
 import os
 import shutil
 
 import pytest
 
-from dashscale_local.dash_client import DashApp, DashProtocolError
+from dashscale_local import bench as B
+from dashscale_local.dash_client import CallResult, ClickResult, DashApp, DashProtocolError
 
 SHAPES_APP = os.path.join(os.path.dirname(__file__), "apps", "pages_shapes_app")
 
@@ -35,6 +37,16 @@ def test_only_callbacks_whose_components_are_on_the_page_are_planned():
     assert app.trigger_candidates() == [("btn.n_clicks", 1, "Button")]
 
 
+def test_service_times_leave_failed_calls_out_but_count_the_worker_they_held():
+    # one sync worker: a call that failed after 0.6 s was served first, then the
+    # 0.3 s callback; the failure is no callback's time, the wait behind it is queueing
+    failed = CallResult("..b.children...c.children..", 500, 0.6, "web.1", None,
+                        "HTTP 500 from web.1 (see dashscale logs web.1)")
+    ok = CallResult("a.children", 200, 0.9, "web.1", {})
+    times = B.service_times([ClickResult(0.9, [failed, ok], started=100.0)], 1)
+    assert times == {"a.children": pytest.approx(0.3)}
+
+
 @pytest.mark.slow
 def test_bench_dash_pages_shared_ids_no_button_and_failed_callbacks(dashscale, tmp_path):
     directory = tmp_path / "shapes"
@@ -53,6 +65,21 @@ def test_bench_dash_pages_shared_ids_no_button_and_failed_callbacks(dashscale, t
     assert "pages it links to: /alpha, /beta, /drawn, /report" in res.stderr
     assert f"try e.g. dashscale bench {run.url}/alpha" in res.stderr
     assert "_pages_location" not in res.stderr
+    # a failing multi-output callback: named as the user wrote it, by replica, no HTML
+    res = run.cli("bench", run.url + "/report", "--json", "-n", "2")
+    assert res.returncode == 1, res.stderr
+    data = json.loads(res.stdout)
+    assert data["callbacks"] == ["total.children, count.children",
+                                 "broken.children, broken-note.children"]
+    assert data["errors"] == 2
+    messages = [m["message"] for m in data["error_messages"]]
+    assert messages and all(
+        m in (f"broken.children, broken-note.children: HTTP 500 from {r} (see dashscale "
+              f"logs {r})" for r in ("web.1", "web.2")) for m in messages), messages
+    assert list(data["callback_unloaded_s"]) == ["total.children, count.children"]
+    assert 0.3 <= data["ideal_s"] < 0.5  # the 0.6 s failure is not in it
+    res = run.cli("bench", run.url + "/report", "-n", "1")
+    assert "HTTP 500 from web." in res.stdout and "<" not in res.stdout.split("errors")[1]
 
 
 def test_hint_without_links_on_a_pages_app():
