@@ -6,8 +6,9 @@ virtualenvs, .git, .dashscale, node_modules, tests and site-packages. Picks the 
 gunicorn should load: one that defines `server`, else one that runs the app
 (`app.run` / `__main__`), else the shallowest. Writes
 `web: gunicorn MODULE:server --workers 2` (the Dash Enterprise convention) and prints
-what still needs fixing: a missing `server = app.server`, gunicorn missing from the
-requirements.
+what still needs fixing: a missing `server = app.server`, `app.run(...)` at module
+level (each gunicorn worker would start Dash's development server), gunicorn missing
+from the requirements.
 """
 import ast
 import os
@@ -17,6 +18,7 @@ from typing import Optional
 
 import click
 
+from . import appsource
 from .errors import UsageError
 
 SKIP_DIRS = {".git", ".hg", ".dashscale", "node_modules", "tests", "test", "site-packages",
@@ -208,6 +210,11 @@ def fixes(cand, directory):
             var = cand.dash_var or "app"
             todo.append(f"{where}: add `server = {var}.server` after the `{var} = Dash(...)` "
                         f"statement (gunicorn loads {cand.module}:server)")
+    tree = appsource.parse(os.path.join(directory, cand.path))
+    for line, receiver, method, where in appsource.dev_server_calls(tree) if tree else []:
+        if where == "module":
+            todo.append(f"{cand.path}:{line}: "
+                        + appsource.dev_server_at_import(receiver, method, cand.module))
     name, has_gunicorn = requirements_note(directory)
     if name is None:
         todo.append("no requirements.txt: add one listing the app's packages and gunicorn "
