@@ -20,6 +20,7 @@ import click
 
 from . import appsource
 from .errors import UsageError
+from .procfile import procfiles_below, shown_path
 
 SKIP_DIRS = {".git", ".hg", ".dashscale", "node_modules", "tests", "test", "site-packages",
              "__pycache__", ".venv", "venv", "env", ".tox", ".nox", "build", "dist",
@@ -176,9 +177,11 @@ def find_candidates(directory):
 
 
 # ─── requirements ─────────────────────────────────────────────────────────────────────
-def requirements_note(directory):
-    """(file or None, has gunicorn) for the first requirements file present."""
-    for name in REQUIREMENT_FILES:
+def requirements_note(directory, app_dir=None):
+    """(file or None, has gunicorn) for the first requirements file present in
+    ``directory``, else in the app module's folder ``app_dir`` (relative to it)."""
+    folders = [""] + ([app_dir] if app_dir else [])
+    for name in (os.path.join(folder, n) for folder in folders for n in REQUIREMENT_FILES):
         path = os.path.join(directory, name)
         if os.path.isfile(path):
             try:
@@ -215,7 +218,7 @@ def fixes(cand, directory):
         if where == "module":
             todo.append(f"{cand.path}:{line}: "
                         + appsource.dev_server_at_import(receiver, method, cand.module))
-    name, has_gunicorn = requirements_note(directory)
+    name, has_gunicorn = requirements_note(directory, os.path.dirname(cand.path))
     if name is None:
         todo.append("no requirements.txt: add one listing the app's packages and gunicorn "
                     "(Dash Enterprise installs from it)")
@@ -231,6 +234,12 @@ def run_init(procfile, force=False, echo=click.echo):
     if os.path.exists(procfile) and not force:
         raise UsageError("a Procfile already exists; `dashscale init --force` overwrites it",
                          file=procfile)
+    below = procfiles_below(directory)
+    if below and not force:
+        sub = shown_path(below[0])
+        raise UsageError(f"a Procfile already exists below: {sub} — run dashscale from "
+                         f"there or pass -f {sub}; `dashscale init --force` writes one here "
+                         "anyway")
     found = find_candidates(directory)
     if not found:
         raise UsageError(f"no Dash app found in {directory} (no .py file creates Dash(...) "
