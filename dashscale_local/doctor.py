@@ -1042,7 +1042,11 @@ def print_text(report):
 @click.option("--replicas", "replicas", is_flag=True,
               help="Live: compare what the running web replicas serve (layout, callbacks, "
                    "session cookies); exit 1 when they differ.")
-def check(procfile, as_json, measure, env_files, formation, memory_limit, replicas, python):
+@click.option("--page", "pages", multiple=True, metavar="PATH",
+              help="With --replicas: a page to render and compare on each replica "
+                   "(repeatable; `/` and the pages the app links to are always compared).")
+def check(procfile, as_json, measure, env_files, formation, memory_limit, replicas, python,
+          pages):
     """Check the Procfile and the app: errors and warnings with file and line.
     Exit 0 without errors, 2 with errors, 1 when --measure failed to run the app.
     With --replicas: 0 when the running replicas agree, 1 when they do not."""
@@ -1054,7 +1058,10 @@ def check(procfile, as_json, measure, env_files, formation, memory_limit, replic
             raise UsageError("--replicas compares the running replicas: it takes no "
                              "--measure, -m or --memory-limit")
         from .replica_check import run
-        sys.exit(run(os.path.abspath(procfile), as_json, click.echo))
+        sys.exit(run(os.path.abspath(procfile), as_json, click.echo, pages))
+    if pages:
+        raise UsageError("--page goes with --replicas (the pages compared between the "
+                         f"running replicas), got --page {pages[0]} without it")
 
     shown = procfile
     report = Report(shown)
