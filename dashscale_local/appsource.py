@@ -82,18 +82,49 @@ def dash_assignment(tree):
     return None
 
 
-def run_server_calls(tree):
-    """[(line, receiver, where)] of ``x.run_server(...)`` calls; where is "module"
-    (runs on import), "main" (under ``if __name__ == "__main__"``) or "function"."""
+def dash_apps(tree):
+    """Names the module binds to a ``Dash(...)`` (any DASH_CLASSES call) at import."""
+    names = set()
+    for node, _in_main in _import_time(tree.body):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            if (func.attr if isinstance(func, ast.Attribute)
+                    else getattr(func, "id", None)) in DASH_CLASSES:
+                names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return names
+
+
+def dev_server_calls(tree):
+    """[(line, receiver, method, where)] of the calls that start Dash's development
+    server: ``x.run_server(...)``, and ``app.run(...)`` where ``app`` is a Dash app
+    of the module (not ``subprocess.run``); where is "module" (runs on import),
+    "main" (under ``if __name__ == "__main__"``) or "function"."""
     at_import = {id(node): in_main for node, in_main in _import_time(tree.body)}
+    apps = dash_apps(tree)
     calls = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-                node.func.attr == "run_server":
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        receiver = ast.unparse(node.func.value)
+        if node.func.attr == "run_server" or (node.func.attr == "run" and receiver in apps):
             where = "function" if id(node) not in at_import else \
                 "main" if at_import[id(node)] else "module"
-            calls.append((node.lineno, ast.unparse(node.func.value), where))
+            calls.append((node.lineno, receiver, node.func.attr, where))
     return sorted(calls)
+
+
+def run_server_calls(tree):
+    """[(line, receiver, where)] of ``x.run_server(...)`` calls (see dev_server_calls)."""
+    return [(line, receiver, where) for line, receiver, method, where
+            in dev_server_calls(tree) if method == "run_server"]
+
+
+def dev_server_at_import(receiver, method, module):
+    """The finding for a development server started at import (the wording `check`
+    and `init` share)."""
+    return (f"'{receiver}.{method}(' at module level starts Dash's development server "
+            f"when gunicorn imports {module}: put it under "
+            "`if __name__ == \"__main__\":`")
 
 
 @functools.lru_cache(maxsize=None)

@@ -118,18 +118,22 @@ def ideal_schedule(seconds, upstream, users, workers):
 def service_times(clicks, workers_per_replica):
     """{callback: its fastest time on a worker}, queueing taken out: a request sent to
     a replica whose W workers are busy with k ≥ W earlier requests starts when the
-    (k-W+1)-th of them ends (gunicorn's accept queue is FIFO)."""
+    (k-W+1)-th of them ends (gunicorn's accept queue is FIFO). A failed call (an HTTP
+    error) held a worker too, but its time is no callback's: the ideal is computed
+    from the callbacks that succeeded."""
     by_replica = collections.defaultdict(list)
     for click_result in clicks:
         for c in click_result.calls:
-            if c.ok:
+            if c.status is not None:
                 sent = click_result.started + c.started_s
-                by_replica[c.replica].append((sent, sent + c.seconds, c.callback))
+                by_replica[c.replica].append((sent, sent + c.seconds, c.callback, c.ok))
     fastest = {}
     for calls in by_replica.values():
         calls.sort()
-        for i, (sent, end, name) in enumerate(calls):
-            ahead = sorted(e for s_, e, _n in calls[:i] if e > sent)
+        for i, (sent, end, name, ok) in enumerate(calls):
+            if not ok:
+                continue
+            ahead = sorted(e for s_, e, _n, _ok in calls[:i] if e > sent)
             k = len(ahead)
             start = sent if k < workers_per_replica else \
                 max(sent, ahead[k - workers_per_replica])
@@ -294,6 +298,7 @@ def summarize(run, total_workers=None, callback_seconds=None, workers_source="st
         total_workers, workers_source = max(len(replicas), 1), "assumed: 1 per replica seen"
     per_replica = max(1, round(total_workers / max(len(replicas), 1)))
     unloaded = service_times(clicks + run.warmup, per_replica)
+    names = {cb.output: cb.name for cb in run.app.callbacks}  # 'a.children, b.children'
     if callback_seconds is not None:
         unloaded = {name: callback_seconds for name in unloaded}
     cb_time = max(unloaded.values(), default=None)
@@ -301,7 +306,8 @@ def summarize(run, total_workers=None, callback_seconds=None, workers_source="st
     # fast callbacks: HTTP and queueing dominate, a ratio to the ideal means nothing
     latency_only = ideal is not None and ideal < LATENCY_ONLY_BELOW_S
     errors = [c for c in calls if not c.ok]
-    messages = collections.Counter(f"{c.callback}: {c.error}" for c in errors)
+    messages = collections.Counter(f"{names.get(c.callback, c.callback)}: {c.error}"
+                                   for c in errors)
     p50 = percentile(click_s, 50)
     rnd = lambda v, n=4: None if v is None else round(v, n)  # noqa: E731
     return {
@@ -327,7 +333,7 @@ def summarize(run, total_workers=None, callback_seconds=None, workers_source="st
         "callback_s": rnd(cb_time),
         "callback_s_source": "--callback-seconds" if callback_seconds is not None
                              else "each one's fastest on a worker",
-        "callback_unloaded_s": {k: rnd(v) for k, v in unloaded.items()},
+        "callback_unloaded_s": {names.get(k, k): rnd(v) for k, v in unloaded.items()},
         "total_workers": total_workers,
         "workers_source": workers_source,
         "ratio": rnd(p50 / ideal, 3) if p50 and ideal and not latency_only else None,

@@ -36,6 +36,8 @@ _MISSING = object()
 ACTION_PROPS = {"n_clicks", "n_clicks_timestamp", "n_intervals", "n_submit",
                 "n_submit_timestamp", "n_blur", "n_blur_timestamp"}
 NOT_BUTTONS = {"Store", "Interval", "Location"}  # have n_* props or data, never clicked
+INTERNAL_PREFIX = "_pages_"  # Dash Pages' own components (router, store): never a trigger
+LINK_TYPES = {"Link", "A"}   # dcc.Link, html.A: where a page's links to other pages are
 _CONFIG_RE = re.compile(rb'<script[^>]*id="_dash-config"[^>]*>(.*?)</script>', re.S)
 
 
@@ -193,8 +195,8 @@ def parse_dependencies(dependencies):
     return callbacks
 
 
-def walk_layout(node):
-    """Yield (id, props, type) for every component with an id, in document order,
+def walk_all(node):
+    """Yield (id or None, props, type) for every component, in document order,
     including components held in props other than children (e.g. Tab.label)."""
     stack = [node]
     while stack:
@@ -204,22 +206,33 @@ def walk_layout(node):
         elif isinstance(item, dict):
             props = item.get("props")
             if isinstance(props, dict) and "type" in item:
-                if props.get("id") is not None:
-                    yield props["id"], props, item.get("type")
+                yield props.get("id"), props, item.get("type")
                 stack.extend(reversed(list(props.values())))
             else:
                 stack.extend(reversed(list(item.values())))
 
 
-def decode_response(status, body):
+def walk_layout(node):
+    """Yield (id, props, type) for every component with an id, in document order."""
+    return ((id_, props, type_) for id_, props, type_ in walk_all(node) if id_ is not None)
+
+
+def decode_response(status, body, replica=None):
     """(status, bytes) → the update {id: {prop: value}}, or None for 204 PreventUpdate.
 
-    Raises DashProtocolError for anything a browser would treat as a failed callback."""
+    Raises DashProtocolError for anything a browser would treat as a failed callback;
+    an HTTP error names the replica that answered (`replica`, from X-Dashscale-Replica)
+    and where its traceback is, rather than quoting an HTML error page."""
     if status == 204:
         return None
     if status != 200:
+        if replica:
+            raise DashProtocolError(f"HTTP {status} from {replica} (see dashscale logs "
+                                    f"{replica})")
         snippet = body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
-        raise DashProtocolError(f"HTTP {status}" + (f": {snippet}" if snippet else ""))
+        html = snippet[:1] == "<"  # an error page: its markup says nothing useful here
+        raise DashProtocolError(f"HTTP {status}" + (f": {snippet}" if snippet and not html
+                                                    else ""))
     try:
         data = json.loads(body)
     except ValueError:
@@ -356,12 +369,22 @@ class DashApp:
             self._index()
         return written
 
+    def on_page(self, cb):
+        """Is every component the callback names (outputs, inputs, state) on the page?
+        The renderer fires a callback only then, so a callback of another Dash Pages
+        page that reuses an id of this one is not fired here. (Pattern-matching ids
+        match what exists; such callbacks are not driven anyway.)"""
+        return all(is_pattern_id(d["id"]) or stringify_id(d["id"]) in self._ids
+                   for d in cb.outputs + cb.inputs + cb.state)
+
+    def fires_here(self, cb):
+        """Drivable and on the page: a callback a click on this page may fire."""
+        return cb.drivable and self.on_page(cb)
+
     def _renders_on_load(self, cb, changed):
         """Does the browser fire `cb` while the page loads, and may it render content?"""
-        if not cb.drivable or not cb.inputs or \
+        if not cb.inputs or not self.fires_here(cb) or \
                 not any(o["property"].split("@")[0] == "children" for o in cb.outputs):
-            return False
-        if any(stringify_id(d["id"]) not in self._ids for d in cb.inputs):
             return False
         if any(k in changed for k in cb.input_keys):
             return True
@@ -461,9 +484,10 @@ class DashApp:
         order = {key: i for i, key in enumerate(types)}
         keys = []
         for cb in self.callbacks:
-            for d in cb.inputs if cb.drivable else []:
+            for d in cb.inputs if self.fires_here(cb) else []:
                 key = prop_id(d["id"], d["property"])
-                if stringify_id(d["id"]) in types and key not in keys:
+                if not str(stringify_id(d["id"])).startswith(INTERNAL_PREFIX) \
+                        and key not in keys:
                     keys.append(key)
         found = [(k, len(self.plan(k).callbacks), types[stringify_id(split_prop_id(k)[0])])
                  for k in keys]
@@ -478,10 +502,38 @@ class DashApp:
                 return key
         if not candidates:
             raise DashProtocolError(f"the page {self.page_path} has no server-side callback "
-                                    "the bench can drive")
+                                    f"the bench can drive{self._pages_hint()}")
         listed = ", ".join(f"{k} ({n} callback{'s' * (n != 1)})" for k, n, _t in candidates[:8])
         raise DashProtocolError(f"no button on the page {self.page_path} drives a server-side "
                                 f"callback; pass --input ID.PROP (candidates: {listed})")
+
+    def linked_pages(self):
+        """Paths of this app that the page links to (dcc.Link / html.A hrefs, e.g. a
+        Dash Pages nav bar), this page left out, in document order."""
+        here = self.page_path.rstrip("/")
+        paths = []
+        for _id, props, type_ in walk_all(self.layout):
+            href = props.get("href") if type_ in LINK_TYPES else None
+            if isinstance(href, str) and href.startswith("/") and not href.startswith("//"):
+                path = urllib.parse.urlsplit(href).path
+                if path.rstrip("/") != here and path not in paths and \
+                        "/assets/" not in path and "/_dash" not in path:
+                    paths.append(path)
+        return paths
+
+    def _pages_hint(self):
+        """'; pages it links to: …' to bench instead, or for a Dash Pages app with no
+        link found, the advice to pass a page URL."""
+        parts = urllib.parse.urlsplit(self.url or "http://localhost/")
+        root = f"{parts.scheme}://{parts.netloc}"
+        pages = self.linked_pages()
+        if pages:
+            listed = ", ".join(pages[:6]) + (" …" if len(pages) > 6 else "")
+            return (f"; pages it links to: {listed} — try e.g. dashscale bench "
+                    f"{root}{pages[0]}")
+        if any(str(stringify_id(i)).startswith(INTERNAL_PREFIX) for i in self._ids):
+            return f"; try a page URL, e.g. dashscale bench {root}{self.prefix}page"
+        return ""
 
     def check_input(self, input):
         """Validate 'id.prop'; returns it normalised (dict ids stringified)."""
@@ -534,8 +586,8 @@ class DashApp:
             nxt = []
             for key, bad_upstream in frontier:
                 for cb in self.triggered_by([key]):
-                    if cb.index in seen:
-                        continue
+                    if cb.index in seen or not self.on_page(cb):
+                        continue  # seen, or not on this page: the browser never fires it
                     seen.add(cb.index)
                     if bad_upstream is not None and not cb.drivable:
                         skipped.append((cb, cb.reason))
@@ -761,7 +813,7 @@ class Session:
             replica = resp.headers.get(REPLICA_HEADER)
             t1 = time.perf_counter()
             try:
-                update, error = decode_response(resp.status, data), None
+                update, error = decode_response(resp.status, data, replica), None
             except DashProtocolError as exc:
                 update, error = None, str(exc)
             return CallResult(name, resp.status, seconds, replica, update, error, queued_s,
@@ -783,7 +835,7 @@ class Session:
         changes = app.click_changes(input, self.values, value)
         self.values.update(changes)
         changed = set(changes)
-        candidates = [cb for cb in app.triggered_by(list(changes)) if cb.drivable]
+        candidates = [cb for cb in app.triggered_by(list(changes)) if app.fires_here(cb)]
         fired, running, results = set(), {}, []
         ready_since = {cb.index: t_click for cb in candidates}
 
@@ -814,7 +866,7 @@ class Session:
                 changed |= updated
                 if self.follow_chains and updated:
                     for nxt in app.triggered_by(list(updated)):
-                        if (nxt.drivable and nxt.index not in fired
+                        if (app.fires_here(nxt) and nxt.index not in fired
                                 and all(c.index != nxt.index for c in candidates)):
                             candidates.append(nxt)
                             ready_since[nxt.index] = now

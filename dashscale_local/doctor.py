@@ -17,6 +17,10 @@ app-attr-missing          error    the gunicorn ``module:attr`` names an attribu
 run-server-removed        error    ``app.run_server(`` with Dash ≥ 3 in the replicas'
                           warning  environment (removed: ``app.run``): an error when the
                                    Procfile command reaches the call, else a warning
+dev-server-at-import      error    ``app.run(`` / ``app.run_server(`` at module level (not
+                                   under ``if __name__ == "__main__":``) in the module
+                                   gunicorn imports: each worker starts Dash's development
+                                   server at import and never serves
 gunicorn-args             warning  gunicorn would reject its arguments
 gunicorn-workers          warning  workers outside 2–4 (Dash Enterprise's recommendation);
                                    from ``-w/--workers``, GUNICORN_CMD_ARGS, gunicorn.conf.py
@@ -408,7 +412,7 @@ class Doctor:
             elif found != "installed":
                 module_file = found
                 self.check_app_attr(ptype, app, module_file)
-                self.check_run_server(ptype, module_file, None)
+                self.check_run_server(ptype, module_file, None, module)
         self.check_secrets(ptype, module_file, roots)
 
         # workers
@@ -491,22 +495,37 @@ class Doctor:
                  f"{ptype.name}: {module!r} defines no {attr!r} (gunicorn needs a WSGI "
                  f"callable): {fix}")
 
-    def check_run_server(self, ptype, path, run_as_main):
-        """``x.run_server(`` was removed in Dash 3. ``run_as_main``: the command that
-        runs ``path`` as __main__ (``python app.py``), None when it is imported."""
+    def check_run_server(self, ptype, path, run_as_main, module=None):
+        """Calls that start Dash's development server. In the module gunicorn imports
+        (``module``), one at module level starts it in every worker: an error.
+        ``x.run_server(`` was removed in Dash 3 (the Dash of the replicas' environment
+        counts; before 3 it works): an error when the Procfile command reaches it, else
+        a warning. ``run_as_main``: the command that runs ``path`` as __main__
+        (``python app.py``), None when it is imported."""
         tree = appsource.parse(path)
-        calls = appsource.run_server_calls(tree) if tree is not None else []
-        version = appsource.dash_version(self.python) if calls else None
-        if not version or version[0] < 3:
-            return
-        shown_version = ".".join(map(str, version))
-        for line, receiver, where in calls:
-            reached = where == "module" or (where == "main" and run_as_main)
-            how = f"; {run_as_main or 'the Procfile command'!r} ({ptype.name}) runs it" \
-                if reached else ""
-            self.add("error" if reached else "warning", "run-server-removed", self.shown(path),
-                     line, f"'{receiver}.run_server(' was removed in Dash 3 (Dash "
-                     f"{shown_version} here): use '{receiver}.run('{how}")
+        calls = appsource.dev_server_calls(tree) if tree is not None else []
+        version = appsource.dash_version(self.python) \
+            if any(c[2] == "run_server" for c in calls) else None
+        for line, receiver, method, where in calls:
+            imported = where == "module" and run_as_main is None
+            if method == "run_server" and version and version[0] >= 3:
+                self.add("error" if imported or (where != "function" and run_as_main)
+                         else "warning", "run-server-removed", self.shown(path), line,
+                         self._removed(ptype, receiver, where, run_as_main, module, version))
+            elif imported:
+                self.add("error", "dev-server-at-import", self.shown(path), line,
+                         appsource.dev_server_at_import(receiver, method, module))
+
+    @staticmethod
+    def _removed(ptype, receiver, where, run_as_main, module, version):
+        text = (f"'{receiver}.run_server(' was removed in Dash 3 (the replicas' "
+                f"environment has Dash {'.'.join(map(str, version))})")
+        if where == "module" and run_as_main is None:
+            return (f"{text}: gunicorn ({ptype.name}) fails to import {module}; use "
+                    f"'{receiver}.run(' under `if __name__ == \"__main__\":`")
+        if where != "function" and run_as_main:
+            return f"{text}: `{run_as_main}` ({ptype.name}) reaches it; use '{receiver}.run('"
+        return f"{text}: use '{receiver}.run('"
 
     # -- modules --------------------------------------------------------------
     def find_module(self, module, roots):
@@ -1023,7 +1042,11 @@ def print_text(report):
 @click.option("--replicas", "replicas", is_flag=True,
               help="Live: compare what the running web replicas serve (layout, callbacks, "
                    "session cookies); exit 1 when they differ.")
-def check(procfile, as_json, measure, env_files, formation, memory_limit, replicas, python):
+@click.option("--page", "pages", multiple=True, metavar="PATH",
+              help="With --replicas: a page to render and compare on each replica "
+                   "(repeatable; `/` and the pages the app links to are always compared).")
+def check(procfile, as_json, measure, env_files, formation, memory_limit, replicas, python,
+          pages):
     """Check the Procfile and the app: errors and warnings with file and line.
     Exit 0 without errors, 2 with errors, 1 when --measure failed to run the app.
     With --replicas: 0 when the running replicas agree, 1 when they do not."""
@@ -1035,7 +1058,10 @@ def check(procfile, as_json, measure, env_files, formation, memory_limit, replic
             raise UsageError("--replicas compares the running replicas: it takes no "
                              "--measure, -m or --memory-limit")
         from .replica_check import run
-        sys.exit(run(os.path.abspath(procfile), as_json, click.echo))
+        sys.exit(run(os.path.abspath(procfile), as_json, click.echo, pages))
+    if pages:
+        raise UsageError("--page goes with --replicas (the pages compared between the "
+                         f"running replicas), got --page {pages[0]} without it")
 
     shown = procfile
     report = Report(shown)
@@ -1053,7 +1079,7 @@ def check(procfile, as_json, measure, env_files, formation, memory_limit, replic
         sys.exit(2)
     # Messages name files as the user gave the Procfile; the Procfile's own warnings
     # carry its absolute path, so the doctor re-labels them.
-    report = Doctor(project, shown).run()
+    report = Doctor(project, shown, python=project.python_env.python).run()
     exit_code = 2 if report.errors else 0
     if measure:
         if report.errors:

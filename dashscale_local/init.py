@@ -6,8 +6,9 @@ virtualenvs, .git, .dashscale, node_modules, tests and site-packages. Picks the 
 gunicorn should load: one that defines `server`, else one that runs the app
 (`app.run` / `__main__`), else the shallowest. Writes
 `web: gunicorn MODULE:server --workers 2` (the Dash Enterprise convention) and prints
-what still needs fixing: a missing `server = app.server`, gunicorn missing from the
-requirements.
+what still needs fixing: a missing `server = app.server`, `app.run(...)` at module
+level (each gunicorn worker would start Dash's development server), gunicorn missing
+from the requirements.
 """
 import ast
 import os
@@ -17,7 +18,9 @@ from typing import Optional
 
 import click
 
+from . import appsource
 from .errors import UsageError
+from .procfile import procfiles_below, shown_path
 
 SKIP_DIRS = {".git", ".hg", ".dashscale", "node_modules", "tests", "test", "site-packages",
              "__pycache__", ".venv", "venv", "env", ".tox", ".nox", "build", "dist",
@@ -174,9 +177,11 @@ def find_candidates(directory):
 
 
 # ─── requirements ─────────────────────────────────────────────────────────────────────
-def requirements_note(directory):
-    """(file or None, has gunicorn) for the first requirements file present."""
-    for name in REQUIREMENT_FILES:
+def requirements_note(directory, app_dir=None):
+    """(file or None, has gunicorn) for the first requirements file present in
+    ``directory``, else in the app module's folder ``app_dir`` (relative to it)."""
+    folders = [""] + ([app_dir] if app_dir else [])
+    for name in (os.path.join(folder, n) for folder in folders for n in REQUIREMENT_FILES):
         path = os.path.join(directory, name)
         if os.path.isfile(path):
             try:
@@ -208,7 +213,12 @@ def fixes(cand, directory):
             var = cand.dash_var or "app"
             todo.append(f"{where}: add `server = {var}.server` after the `{var} = Dash(...)` "
                         f"statement (gunicorn loads {cand.module}:server)")
-    name, has_gunicorn = requirements_note(directory)
+    tree = appsource.parse(os.path.join(directory, cand.path))
+    for line, receiver, method, where in appsource.dev_server_calls(tree) if tree else []:
+        if where == "module":
+            todo.append(f"{cand.path}:{line}: "
+                        + appsource.dev_server_at_import(receiver, method, cand.module))
+    name, has_gunicorn = requirements_note(directory, os.path.dirname(cand.path))
     if name is None:
         todo.append("no requirements.txt: add one listing the app's packages and gunicorn "
                     "(Dash Enterprise installs from it)")
@@ -224,6 +234,12 @@ def run_init(procfile, force=False, echo=click.echo):
     if os.path.exists(procfile) and not force:
         raise UsageError("a Procfile already exists; `dashscale init --force` overwrites it",
                          file=procfile)
+    below = procfiles_below(directory)
+    if below and not force:
+        sub = shown_path(below[0])
+        raise UsageError(f"a Procfile already exists below: {sub} — run dashscale from "
+                         f"there or pass -f {sub}; `dashscale init --force` writes one here "
+                         "anyway")
     found = find_candidates(directory)
     if not found:
         raise UsageError(f"no Dash app found in {directory} (no .py file creates Dash(...) "

@@ -6,6 +6,7 @@ makes a process type vanish.  We accept exactly the same lines, but warn
 about every ignored line that is not blank or a ``#`` comment.
 """
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -20,6 +21,9 @@ MAX_NAME_LENGTH = 63
 # ``all`` means "every type" in formations (``-m all=2``), so it can't be a type.
 RESERVED_NAMES = {"all"}
 SHOWN_CHARS = 40
+# folders never searched for a Procfile further down
+NOT_PROJECTS = {"node_modules", "site-packages", "__pycache__", "venv", "env", "build", "dist",
+                "tests", "test"}
 
 
 @dataclass(frozen=True)
@@ -117,14 +121,56 @@ def parse_procfile(text, path="Procfile"):
     return procfile
 
 
+def procfiles_below(directory, depth=2):
+    """Procfiles one or two folders below ``directory`` (sorted paths), hidden folders,
+    virtualenvs and the like left out: the project a user may have meant."""
+    found, level = [], [directory]
+    for _ in range(depth):
+        below = []
+        for folder in level:
+            try:
+                names = sorted(os.listdir(folder))
+            except OSError:
+                continue
+            for name in names:
+                sub = os.path.join(folder, name)
+                if name.startswith(".") or name in NOT_PROJECTS or not os.path.isdir(sub) \
+                        or os.path.exists(os.path.join(sub, "pyvenv.cfg")):
+                    continue
+                below.append(sub)
+                if os.path.isfile(os.path.join(sub, "Procfile")):
+                    found.append(os.path.join(sub, "Procfile"))
+        level = below
+    return found
+
+
+def shown_path(path):
+    """``path`` relative to the working directory when it is below it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith(os.pardir) else rel
+
+
+def procfiles_hint(directory):
+    """'found: sub/Procfile — run dashscale from there or pass -f sub/Procfile' for
+    the Procfiles below ``directory``, '' when there are none."""
+    found = [shown_path(p) for p in procfiles_below(directory)]
+    if not found:
+        return ""
+    listed = ", ".join(found[:3]) + (" …" if len(found) > 3 else "")
+    there = "there" if len(found) == 1 else "one of those folders"
+    return f"found: {listed} — run dashscale from {there} or pass -f {found[0]}"
+
+
 def load_procfile(path):
     """Read and parse the Procfile at ``path``; any I/O problem is a UsageError."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise UsageError("Procfile not found — run `dashscale init` to write one for "
-                         "the Dash app here", file=path) from None
+        hint = procfiles_hint(os.path.dirname(os.path.abspath(path)))
+        raise UsageError("Procfile not found — " + (hint or "run `dashscale init` to write "
+                                                    "one for the Dash app here"),
+                         file=path) from None
     except IsADirectoryError:
         raise UsageError("is a directory, not a Procfile", file=path) from None
     except OSError as e:

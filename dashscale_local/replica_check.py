@@ -10,6 +10,11 @@ under the --app-name prefix when there is one) for ``/_dash-layout`` and
   children is a layout built differently in each process;
 * dependencies — callbacks are matched by their output; one without a match on the other
   replica is listed (its outputs), as is one whose inputs or state differ;
+* pages — `/_dash-layout` of a Dash Pages (or dcc.Location-routed, or tabbed) app is
+  only the shell: each page is rendered on each replica as `bench` renders it
+  (dash_client's resolve: dcc.Location set from the URL, the router and tab-content
+  callbacks fired), for `/`, the pages the shell links to and every `--page PATH`, and
+  what those callbacks rendered is compared as the layout is;
 * session — the cookies a plain GET of the page (and of the layout) sets on one replica
   are presented to every other one. The replica that set them is the control: when it
   keeps the cookie (sets no new value) and another replica answers with a new value for
@@ -30,7 +35,7 @@ import os
 import time
 
 from . import rundir
-from .dash_client import _Fetcher, _store_cookies
+from .dash_client import DashApp, DashProtocolError, Session, _Fetcher, _store_cookies
 from .errors import UsageError
 
 RESULT_FILE = "replica-check.json"
@@ -48,6 +53,7 @@ CAUSES = {
                "read it from an environment variable set in .env / DE's app settings",
     "http": "the replica answers differently (an error on one replica only?)",
 }
+MAX_PAGES = 20  # pages rendered per replica: `/`, linked pages, --page PATHs
 
 
 def short(value, width=60):
@@ -144,6 +150,25 @@ class Replica:
             self.error = f"{type(exc).__name__}: {exc}"
         return self
 
+    def app(self, path=""):
+        """The app as served, with the browser at ``path`` (under the prefix)."""
+        url = f"http://127.0.0.1:{self.port}{self.prefix}{path.lstrip('/')}"
+        app = DashApp.from_json(self.layout, self.dependencies,
+                                {"requests_pathname_prefix": self.prefix}, url)
+        app.cookies = dict(self.fetcher.cookies)
+        return app
+
+    def render(self, path):
+        """{prop id: value} of what the page's render callbacks (router, tab content)
+        returned with the browser at ``path``, and the errors of those that failed."""
+        page = self.app(path)
+        with Session(page, timeout=self.fetcher.timeout) as session:
+            page.resolve(session.fire)
+        by_name = {cb.name: cb for cb in page.callbacks}
+        rendered = {key: page.values.get(key) for name in page.rendered
+                    for key in by_name[name].output_keys}
+        return rendered, page.render_errors
+
     def _json(self, name):
         status, _headers, body = self.fetcher.get(self.prefix + name)
         if status != 200:
@@ -202,8 +227,46 @@ def session_divergences(replicas):
 
 
 # -- the check ----------------------------------------------------------------------------
-def check_replicas(status, timeout=30.0):
-    """The comparison for a runner's ``status`` (the control API's): the result dict."""
+def page_paths(base, pages=()):
+    """`/`, the pages the shell of ``base`` links to, and ``pages`` (--page), without the
+    prefix, deduplicated, at most MAX_PAGES."""
+    paths = ["/"]
+    for path in base.app().linked_pages() + list(pages):
+        if path.startswith(base.prefix):
+            path = "/" + path[len(base.prefix):]
+        path = "/" + path.lstrip("/")
+        if path not in paths:
+            paths.append(path)
+    return paths[:MAX_PAGES]
+
+
+def page_divergences(replicas, pages=()):
+    """[(replica, kind, id, detail)]: each page rendered on each replica, compared with
+    the first replica's rendering."""
+    base, out = replicas[0], []
+    for path in page_paths(base, pages):
+        try:
+            with concurrent.futures.ThreadPoolExecutor(len(replicas)) as pool:
+                renders = list(pool.map(lambda r: r.render(path), replicas))
+        except (OSError, http.client.HTTPException, DashProtocolError) as exc:
+            out.append((base.name, "http", None, f"page {path}: {type(exc).__name__}: {exc}"))
+            continue
+        (first, first_errors), names = renders[0], base.name
+        for other, (rendered, errors) in zip(replicas[1:], renders[1:]):
+            for error in sorted(set(errors) - set(first_errors)):
+                out.append((other.name, "http", None, f"page {path}: rendering failed on "
+                                                      f"{other.name} only: {error}"))
+            for key in sorted(set(first) | set(rendered)):
+                where = f"page {path} > {key}"
+                for kind, id_, detail in diff_layout(first.get(key), rendered.get(key),
+                                                     (names, other.name), where):
+                    out.append((other.name, kind, id_, detail))
+    return out
+
+
+def check_replicas(status, timeout=30.0, pages=()):
+    """The comparison for a runner's ``status`` (the control API's): the result dict.
+    ``pages``: paths to render besides `/` and the linked ones (--page)."""
     web = [r for r in status["replicas"] if r["type"] == "web" and r.get("ready")]
     if len(web) < 2:
         have = ", ".join(r["name"] for r in web) or "none"
@@ -235,6 +298,8 @@ def check_replicas(status, timeout=30.0):
             for kind, id_, detail in diff_dependencies(base.dependencies,
                                                        other.dependencies, names):
                 add(other.name, "dependencies", kind, id_, detail)
+        for replica, kind, id_, detail in page_divergences([base] + ok[1:], pages):
+            add(replica, "page", kind, id_, detail)
     notes = []
     try:
         sessions, notes = session_divergences(ok)
@@ -281,12 +346,12 @@ def format_text(result):
     return "\n".join(lines)
 
 
-def run(procfile, as_json, echo):
+def run(procfile, as_json, echo, pages=()):
     """The CLI's `check --replicas`: exit code."""
     from . import control
     run_dir = rundir.run_dir_for(procfile)
     status = control.call(rundir.control_socket(run_dir), "GET", "/status")
-    result = check_replicas(status)
+    result = check_replicas(status, pages=pages)
     save(run_dir, result)
     echo(json.dumps(result, indent=2) if as_json else format_text(result))
     return 0 if result["agree"] else 1

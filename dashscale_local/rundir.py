@@ -24,14 +24,15 @@ def run_dir_for(procfile_path):
 
 
 def prepare(run_dir):
-    """Create the run directory (0700) or fail with a clear message."""
+    """Create the run directory (0700) with a `.gitignore` of `*` (git status stays
+    clean), or fail with a clear message."""
     try:
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         os.chmod(run_dir, 0o700)
-        probe = os.path.join(run_dir, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.unlink(probe)
+        ignore = os.path.join(run_dir, ".gitignore")  # written each time: the write test
+        with open(ignore + ".tmp", "w") as f:
+            f.write("# dashscale's run directory: nothing here belongs in git\n*\n")
+        os.replace(ignore + ".tmp", ignore)
     except OSError as exc:
         raise UsageError(f"cannot use run directory: {exc.strerror}", file=run_dir)
 

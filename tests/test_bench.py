@@ -459,7 +459,8 @@ def test_pages_router_renders_the_page_of_the_url():
             path = body["inputs"][0]["value"]
             page = [_component("Button", "refresh", n_clicks=0)] + \
                 [_component("Div", i) for i in ("sales", "costs", "summary")] \
-                if path == "/report" else [_component("Button", "learn-more", n_clicks=0)]
+                if path == "/report" else [_component("Button", "learn-more", n_clicks=0),
+                                           _component("Div", "learn-text")]
             return {"_pages_content": {"children": page}, "_pages_store": {"data": {}}}
         return {"summary": {"children": "-"}}
 

@@ -342,8 +342,9 @@ def test_run_server_on_dash_3_reached_from_the_procfile_is_an_error(tmp_path):
     [error] = data["errors"]
     assert (os.path.basename(error["file"]), error["line"], error["code"]) == \
         ("app.py", 10, "run-server-removed")
-    assert error["message"] == (f"'app.run_server(' was removed in Dash 3 (Dash {version} "
-                                "here): use 'app.run('; 'python app.py' (web) runs it")
+    assert error["message"] == ("'app.run_server(' was removed in Dash 3 (the replicas' "
+                                f"environment has Dash {version}): `python app.py` (web) "
+                                "reaches it; use 'app.run('")
 
 
 def test_run_server_not_reached_is_a_warning(tmp_path):
