@@ -12,13 +12,13 @@ import time
 
 import psutil
 
-from . import rundir
+from . import release, rundir
 from .balancer import Pool
 from .config import number
 from .errors import RuntimeFailure, UsageError
 from .failure import GUNICORN_EXIT, LOG_BYTES, cause, explain, load_failure, reason, this_run
 from .formation import replica_port, resolve_formation, format_formation
-from .launch import give_up, write_replica_program
+from .launch import give_up, process_env, write_replica_program
 from .output import LogTail, Printer, last_lines
 from .sizes import format_size
 
@@ -106,6 +106,9 @@ class Runner:
         self.autostart = False     # supervisord started the first replicas by itself
         self.memory_history = None  # dashboard.MemoryHistory, sampled every second
         self.sup_died = False
+        self.release_last = None     # release.Outcome of the last release step run
+        self.release_running = None  # the step running now
+        self._release_failed = None  # the files' content whose release failed (said once)
 
     # -- lifecycle -----------------------------------------------------------
     def run(self, launched):
@@ -157,6 +160,8 @@ class Runner:
             if self.services:  # replicas start only once every service answers
                 await asyncio.to_thread(self.services.start, self.sup, self.out,
                                         number(self.settings, "ready_timeout"))
+            if not await self._release_at_start():
+                return 0  # stopped while the release ran
             self.out.system(f"starting {format_formation(self.counts)} from {self.project.procfile_path}")
             if not self.autostart:
                 now = time.monotonic()
@@ -184,6 +189,8 @@ class Runner:
             tasks.append(asyncio.ensure_future(self._watch_files(startup)))
             ok = await startup
             if ok:
+                async with self.lock:  # postdeploy, once the replicas serve
+                    await self._after_deploy(self.project.release_steps)
                 await self.stopping.wait()
                 if self.startup_error is not None:
                     raise self.startup_error
@@ -659,12 +666,20 @@ class Runner:
     async def restart(self, target=None, rolling=False):
         async with self.lock:
             names = self._select(target)
+            deploy = rolling and target not in self.replicas  # a type's roll: a deploy
+            if deploy:
+                failed = await self._run_release(self.project.release_steps, "before")
+                if failed:
+                    raise RuntimeFailure(f"release step failed: {failed.describe()}; "
+                                         "nothing restarted, the replicas keep serving")
             if rolling:  # grouped first: a roll replaces names, and may reuse them
                 by_type = {}
                 for name in names:
                     by_type.setdefault(self.replicas[name].type, []).append(name)
                 for type_, group in by_type.items():
                     await self._roll(type_, group)
+                if deploy:
+                    await self._after_deploy(self.project.release_steps)
             else:
                 for name in names:
                     r = self.replicas[name]
@@ -785,6 +800,89 @@ class Runner:
         self.replicas.pop(r.name, None)
         self._tails.pop(r.name, None)
 
+    # -- release steps (release.py) ---------------------------------------------------
+    # Once at start before the replicas start, and before each roll (a deploy: reload of
+    # code/command/.env, `restart --rolling` of a type); not on scale, as Heroku and DE.
+    async def _release_at_start(self):
+        """The release steps before the first replicas start. False when dashscale was
+        stopped meanwhile; a failure is RuntimeFailure (exit 1): nothing starts."""
+        failed = await self._run_release(self.project.release_steps, "before")
+        if self.stopping.is_set():
+            return False
+        if failed:
+            raise RuntimeFailure(f"release step failed: {failed.describe()}; "
+                                 "no replica was started")
+        return True
+
+    async def _release_before_reload(self, steps, dotenv):
+        """Before a reload's roll, with its new .env: False when a step fails (said once
+        per content of the files): nothing new starts, the running replicas serve on."""
+        key = [_content(path) for path in self.project.watched_files]
+        if key == self._release_failed:
+            return False  # an editor's second event for the same save
+        failed = await self._run_release(steps, "before", dotenv)
+        self._release_failed = key if failed else None
+        if failed and not self.stopping.is_set():
+            self.out.system(f"reload: release step failed: {failed.describe()} — nothing "
+                            f"changed, still running {format_formation(self.counts)}")
+            self._event("reload-error", f"release step failed: {failed.describe()}")
+        return not failed
+
+    async def _after_deploy(self, steps):
+        """postdeploy, once the new replicas serve; a failure is reported and the new
+        replicas stay (the deploy is done, as on Dash Enterprise)."""
+        failed = await self._run_release(steps, "after")
+        if failed and not self.stopping.is_set():
+            self.out.system(f"postdeploy step failed: {failed.describe()}; the new replicas "
+                            "keep serving")
+            self._event("release-error", f"postdeploy step failed: {failed.describe()}")
+
+    async def _run_release(self, steps, phase, dotenv=None):
+        """Run the ``phase`` steps in order, each to completion, with ``dotenv`` (default:
+        the running .env); the Outcome of the first that fails (the rest do not run),
+        else None."""
+        for step in (release.before if phase == "before" else release.after)(steps):
+            self.out.system(f"release step {step.name} ({step.source}): {step.command}")
+            self.release_running = step.name
+            try:
+                outcome = await self._run_step(step, dotenv)
+            finally:
+                self.release_running = None
+            self.release_last = outcome
+            self._event("release", outcome.describe())
+            if not outcome.ok:
+                return outcome
+            self.out.system(outcome.describe())
+        return None
+
+    async def _run_step(self, step, dotenv=None):
+        """One step with a replica's environment (no PORT), in _release_cwd(); stopped
+        with dashscale (TERM, then KILL after stop_timeout)."""
+        runtime_dir = os.path.join(self.run_dir, "rt", step.name)
+        os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+        env = process_env(self.project, self.app_name, step.name, runtime_dir, dotenv=dotenv)
+        procs = []
+        job = asyncio.ensure_future(asyncio.to_thread(
+            release.run, step, env, self._release_cwd(), self.out.line,
+            self.sup.log_path(step.name), procs.append))
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait([job, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not job.done() and procs:
+            release.stop(procs[0])
+            if not (await asyncio.wait([job], timeout=number(self.settings, "stop_timeout")))[0]:
+                release.stop(procs[0], signal.SIGKILL)
+        try:
+            return await job
+        except OSError as exc:  # could not even start it
+            self.out.system(f"{step.name}: cannot run {step.command!r}: {exc}")
+            return release.Outcome(step, 127, 0.0, time.time())
+
+    def _release_cwd(self):
+        """Where release steps run: the app directory (`../mount` beside it, as for the
+        replicas)."""
+        return self.project.directory
+
     # -- reload on file changes --------------------------------------------------
     async def _watch_files(self, startup, at_most=2.0):
         """Watch for edits once the replicas are up, or after ``at_most`` seconds if
@@ -815,7 +913,8 @@ class Runner:
             t0 = time.monotonic()
             try:
                 procfile, env, limits = self.project.reread()
-                types = list(procfile.types)
+                steps = release.steps(procfile, self.project.directory)
+                types = release.process_types(procfile)
                 caps = dict(pod_limit=int(self.settings["pod_limit"]),
                             max_per_type=int(self.settings["max_replicas_per_type"]))
                 counts = {t: self.counts.get(t, 1) for t in types}
@@ -837,13 +936,21 @@ class Runner:
             self._reported_error = None
             old = self.project.procfile.types
             env_changed = env != self.project.env
-            removed = [t for t in old if t not in procfile.types]
+            removed = [t for t in self.project.type_names if t not in types]
             changed = [t for t in types if t in old and (
                 old[t].command != procfile.types[t].command or env_changed
                 or limits[t] != self.limits.get(t))]
             if not removed and not changed and counts == self.counts:
+                self._release_failed = None
+                self.project.release_steps = steps  # they run before the next roll
                 return True  # saved with the same content
+            # A deploy (new code, command or .env for replicas that run): release first.
+            deploy = any(r.type in changed for r in self.replicas.values()) or \
+                any(counts[t] for t in types if t not in old)
+            if deploy and not await self._release_before_reload(steps, env):
+                return False
             self.project.procfile, self.project.type_names, self.project.env = procfile, types, env
+            self.project.release_steps = steps
             self.limits = limits
             for t in types:
                 self._position(t)
@@ -866,6 +973,9 @@ class Runner:
                         await self._roll(t, names)
                     except RuntimeFailure:  # _roll said why
                         what[-1] = f"roll of {t} FAILED; old replicas kept"
+                        deploy = False  # no postdeploy for a deploy that did not happen
+            if deploy:
+                await self._after_deploy(steps)
             self._save_state()
             summary = "; ".join(what) or "formation " + format_formation(counts)
             self.out.system(f"reload applied in {time.monotonic() - t0:.2f}s: {summary}")
@@ -907,6 +1017,10 @@ class Runner:
             # Apart from the replicas, as Dash Enterprise's managed Redis/Postgres: their
             # memory is not in memory.total_bytes / max_bytes.
             "services": self.services.status() if self.services else [],
+            # One-shot steps of a deploy, not replicas: the last one run and its result.
+            "release": {"steps": [step.as_json() for step in self.project.release_steps],
+                        "last": self.release_last.as_json() if self.release_last else None,
+                        "running": self.release_running},
             "memory": {"total_bytes": sum(r.memory_bytes for r in self.replicas.values()),
                        "max_bytes": sum(r.memory_limit for r in self.replicas.values()),
                        "metric": (self.guard.metric if self.guard  # pss falls back to rss
