@@ -46,7 +46,11 @@ class Step:
 
 def process_types(procfile):
     """The Procfile's process types that run as replicas: all but ``release``."""
-    return [name for name in procfile.types if name != RELEASE_TYPE]
+    names = [name for name in procfile.types if name != RELEASE_TYPE]
+    if not names:
+        raise UsageError("only a release step: no process type to run (add one, e.g. "
+                         "'web: gunicorn app:server')", file=procfile.path)
+    return names
 
 
 def before(steps):

@@ -108,6 +108,7 @@ class Runner:
         self.sup_died = False
         self.release_last = None     # release.Outcome of the last release step run
         self.release_running = None  # the step running now
+        self._release_proc = None    # its process (in state.json: a kill -9 orphans none)
         self._release_failed = None  # the files' content whose release failed (said once)
 
     # -- lifecycle -----------------------------------------------------------
@@ -861,22 +862,29 @@ class Runner:
         runtime_dir = os.path.join(self.run_dir, "rt", step.name)
         os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
         env = process_env(self.project, self.app_name, step.name, runtime_dir, dotenv=dotenv)
-        procs = []
+
+        def started(proc):  # on the step's thread
+            self._release_proc = proc
+            self.loop.call_soon_threadsafe(self._save_state)
         job = asyncio.ensure_future(asyncio.to_thread(
             release.run, step, env, self._release_cwd(), self.out.line,
-            self.sup.log_path(step.name), procs.append))
+            self.sup.log_path(step.name), started))
         stopping = asyncio.ensure_future(self.stopping.wait())
         await asyncio.wait([job, stopping], return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-        if not job.done() and procs:
-            release.stop(procs[0])
+        proc = self._release_proc
+        if not job.done() and proc:
+            release.stop(proc)
             if not (await asyncio.wait([job], timeout=number(self.settings, "stop_timeout")))[0]:
-                release.stop(procs[0], signal.SIGKILL)
+                release.stop(proc, signal.SIGKILL)
         try:
             return await job
         except OSError as exc:  # could not even start it
             self.out.system(f"{step.name}: cannot run {step.command!r}: {exc}")
             return release.Outcome(step, 127, 0.0, time.time())
+        finally:
+            self._release_proc = None
+            self._save_state()
 
     def _release_cwd(self):
         """Where release steps run: the app directory (`../mount` beside it, as for the
@@ -942,7 +950,10 @@ class Runner:
                 or limits[t] != self.limits.get(t))]
             if not removed and not changed and counts == self.counts:
                 self._release_failed = None
-                self.project.release_steps = steps  # they run before the next roll
+                if steps != self.project.release_steps:
+                    self.project.release_steps = steps
+                    self.out.system("reload: release steps changed; they run before the "
+                                    "next roll")
                 return True  # saved with the same content
             # A deploy (new code, command or .env for replicas that run): release first.
             deploy = any(r.type in changed for r in self.replicas.values()) or \
@@ -1044,6 +1055,8 @@ class Runner:
             "formation": self.counts,
             "services": self.services.identities() if self.services else {},
         }
+        if self._release_proc:  # a release step: its own process group, as a replica
+            state["replicas"][self.release_running] = rundir.identity(self._release_proc.pid)
         state["replicas"] = {k: v for k, v in state["replicas"].items() if v}
         try:
             rundir.write_state(self.run_dir, state)

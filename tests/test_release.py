@@ -4,6 +4,7 @@ environment, block a start or a roll when they fail, and are never replicas."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -78,6 +79,8 @@ def test_release_runs_once_at_start_and_once_per_roll(dashscale, app_dir):
     assert last["name"] == "postdeploy" and last["ok"] and last["exit_code"] == 0
     assert re.search(r"^release: last run ok \d+\.\ds at \d\d:\d\d:\d\d \(postdeploy, "
                      r"project.toml\)$", run.cli("status").stdout, re.M)
+    scale = run.cli("scale", "release=1")
+    assert scale.returncode == 2 and "'release' is a release step" in scale.stderr
     restart = run.cli("restart", "release")
     assert restart.returncode == 2 and "no replica or process type named" in restart.stderr
     assert "release ran with GREETING=hello" in run.cli("logs", "release").stdout
@@ -168,6 +171,19 @@ def test_failing_release_at_start_starts_nothing(dashscale, app_dir):
     # (the fixture fails the test if any process of the run is left)
 
 
+@pytest.mark.slow
+def test_kill_9_of_the_runner_during_a_release_leaves_nothing(dashscale, app_dir):
+    run = dashscale("release: echo migrating; sleep 300\n" + PROCFILE.split("\n")[1],
+                    wait=False)
+    wait_for(lambda: "release" in json.load(open(os.path.join(run.run_dir, "state.json")))
+             ["replicas"], 30, message="the release step in state.json")
+    os.kill(run.process.pid, signal.SIGKILL)
+    run.process.wait(30)
+    stop = run.cli("stop")
+    assert stop.returncode == 0 and "cleaned up after a runner that had died" in stop.stdout
+    # (the fixture fails the test if `sleep 300` or anything else of the run is left)
+
+
 def test_release_is_not_a_process_type(app_dir):
     (app_dir / "Procfile").write_text(PROCFILE)
     procfile = str(app_dir / "Procfile")
@@ -184,6 +200,11 @@ def test_release_is_not_a_process_type(app_dir):
     assert result.stderr.startswith(f"dashscale: {app_dir / 'DOKKU_SCALE'}: 'release' is a "
                                     "release step")
     assert not os.path.exists(app_dir / "released.jsonl")
+    (app_dir / "Procfile").write_text("release: python release_step.py\n")
+    result = CliRunner().invoke(main, ["start", "-f", procfile])
+    assert result.exit_code == 2
+    assert result.stderr == (f"dashscale: {procfile}: only a release step: no process type "
+                             "to run (add one, e.g. 'web: gunicorn app:server')\n")
 
 
 def test_check_lists_release_steps(app_dir):
