@@ -3,7 +3,6 @@ runtime failure → exit 1."""
 import functools
 import json
 import os
-import re
 import sys
 import time
 
@@ -90,9 +89,12 @@ def main():
 @click.option("--service", "services", multiple=True, metavar="redis|postgres",
               help="Run a private Redis / PostgreSQL for the app (repeatable); injects "
                    "REDIS_URL / DATABASE_URL. Replaces dashscale.ini's `services`.")
+@click.option("--shared-fs", is_flag=True, default=None,
+              help="Run every replica in this directory (default: each in its own "
+                   "ephemeral copy of it, as Dash Enterprise pods, with ../mount shared).")
 @handle_errors
 def start(procfile, formation, env_files, host, port, base_port, memory_limit, on_limit,
-          memory_metric, balance, pod_limit, app_name, spread, services):
+          memory_metric, balance, pod_limit, app_name, spread, services, shared_fs):
     """Start the formation in the foreground (Ctrl-C stops everything)."""
     from .config import load_settings
     from .launch import launch
@@ -103,15 +105,8 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
     settings = load_settings(project_dir, {
         "host": host, "port": port, "base_port": base_port, "memory_limit": memory_limit,
         "on_limit": on_limit, "memory_metric": memory_metric, "balance": balance,
-        "pod_limit": pod_limit, "app_name": app_name,
-        "spread": None if spread is None else str(spread).lower(),
-        "services": ",".join(services) if services else None})
-    settings["services_source"] = "--service" if services else \
-        os.path.join(project_dir, "dashscale.ini")
-    if settings.get("app_name") and not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", settings["app_name"]):
-        raise UsageError(f"--app-name: invalid name {settings['app_name']!r} (lowercase letters, "
-                         "digits and hyphens, starting with a letter)")
-    settings.setdefault("balance", "round-robin")
+        "pod_limit": pod_limit, "app_name": app_name, "spread": spread,
+        "services": services or None, "shared_fs": True if shared_fs else None})
     project = Project(procfile, env_files, memory_limit, settings)
     counts = project.formation(formation, settings)
     run_dir = project.run_dir

@@ -834,12 +834,12 @@ def measure_replica(project, settings, counts, ptype_name="web", ready_timeout=N
     from .testing import free_port
 
     ptype = project.procfile.types[ptype_name]
-    ready_timeout = float(ready_timeout or settings.get("ready_timeout", 60))
+    ready_timeout = ready_timeout or settings.ready_timeout
     port = free_port()
     name = f"{ptype_name}.1"
     with tempfile.TemporaryDirectory(prefix="dashscale-check-") as tmp:
         # gunicorn's control socket in XDG_RUNTIME_DIR: private
-        env = process_env(project, settings.get("app_name") or "", name, tmp, port)
+        env = process_env(project, settings.app_name, name, tmp, port)
         log_path = os.path.join(tmp, "replica.log")
         started = time.monotonic()
         with open(log_path, "wb") as log:

@@ -13,7 +13,6 @@ import sys
 import time
 
 from . import release, rundir
-from .config import number
 from .errors import UsageError
 from .formation import plan_replicas
 from .output import LogTail
@@ -38,24 +37,18 @@ class Launched:
 
 def launch(project, settings, counts, out):
     """Spawn supervisord for the formation ``counts``. Bad input raises UsageError
-    (exit 2) and leaves nothing running."""
-    from .memory import check_settings
-
+    (exit 2) and leaves nothing running. ``settings``: a checked config.Settings."""
     started = time.monotonic()
-
-    check_settings(settings, os.path.join(project.directory, "dashscale.ini"))
-    host, port = settings["host"], int(settings["port"])
-    base_port = int(settings["base_port"])
-    specs = plan_replicas(project.type_names, counts, base_port)
+    host, port = settings.host, settings.port
+    specs = plan_replicas(project.type_names, counts, settings.base_port)
     for spec in specs:
         if rundir.port_in_use(spec.port):
             raise UsageError(f"port {spec.port} for {spec.name} is already in use "
                              "(another app? choose --base-port)")
     listener = rundir.bind_listener(host, port)
-    sup = Supervisord(project.run_dir, {
-        "startsecs": int(number(settings, "startsecs")),
-        "startretries": int(number(settings, "startretries")),
-        "stopwaitsecs": int(number(settings, "stop_timeout"))})
+    sup = Supervisord(project.run_dir, {"startsecs": settings.startsecs,
+                                        "startretries": settings.startretries,
+                                        "stopwaitsecs": settings.stop_timeout})
     try:
         token = rundir.new_token(project.run_dir, host)
         if token:
@@ -69,7 +62,8 @@ def launch(project, settings, counts, out):
         for name in os.listdir(sup.programs_dir):
             os.unlink(os.path.join(sup.programs_dir, name))  # leftovers of a dead run
         services = _prepare_services(project, settings, sup, out)
-        app_name = settings.get("app_name") or ""
+        project.pods.prepare()  # each replica's own disk: the first deploy
+        app_name = settings.app_name
         # Without services to wait for, supervisord starts the replicas itself, as soon
         # as its loop first wakes (the runner's first connect): no start RPC round trip.
         # Release steps run first: then the runner starts the replicas once they pass.
@@ -102,14 +96,14 @@ def give_up(sup, exc, run_dir):
 def _prepare_services(project, settings, sup, out):
     """Managed services: binaries, data (initdb once), ports clear of the replicas'
     port blocks, and their URLs in every replica's environment."""
-    if not (settings.get("services") or "").strip():
+    if not settings.services:
         return None
     from .services import Services
 
     services = Services.from_settings(settings, project.run_dir, project.directory)
-    base_port = int(settings["base_port"])
+    base_port = settings.base_port
     blocks = range(base_port, base_port + 100 * (len(project.type_names) + 2))
-    services.prepare(avoid_ports={int(settings["port"]), *blocks}, out=out)
+    services.prepare(avoid_ports={settings.port, *blocks}, out=out)
     services.write_programs(sup)
     project.extra_env.update(services.env())
     return services
@@ -126,7 +120,7 @@ def write_replica_program(sup, project, spec, app_name, autostart=False):
     os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
     env = process_env(project, app_name, spec.name, runtime_dir, spec.port)
     sup.write_program(spec.name, spec.type, command, _launcher_env(env), project.directory,
-                      autostart)
+                      autostart, entry=project.pods.entry(sup.launch_dir, spec.name))
 
 
 def process_env(project, app_name, name, runtime_dir, port=None, dotenv=None):

@@ -144,33 +144,6 @@ def _fmt(n):
     return f"{n / 1048576:.1f} MiB"
 
 
-def check_settings(settings, source="dashscale.ini"):
-    """Validate the memory settings up front (before anything starts): ``memory_metric``,
-    ``memory_interval``, ``on_limit`` and the back-off timings; raises UsageError (exit 2)."""
-    from .errors import UsageError
-
-    metric = settings.get("memory_metric", "pss")
-    if metric not in METRICS:
-        raise UsageError(f"memory_metric: {metric!r} is not one of {', '.join(METRICS)}", source)
-    policy = settings.get("on_limit", "stop")
-    if policy not in ("stop", "restart"):
-        raise UsageError(f"on_limit: {policy!r} is not one of stop, restart", source)
-    values = {}
-    for key, low in (("memory_interval", 0.01), ("backoff_initial", 0.0), ("backoff_max", 0.0),
-                     ("backoff_reset", 0.0)):
-        text = settings.get(key)
-        if text is None:
-            continue
-        try:
-            values[key] = value = float(text)
-        except (TypeError, ValueError):
-            raise UsageError(f"{key}: not a number: {text!r}", source) from None
-        if not value >= low or value != value or value == float("inf"):
-            raise UsageError(f"{key}: {text!r} must be a number of seconds >= {low:g}", source)
-    if values.get("backoff_max", 1) < values.get("backoff_initial", 0):
-        raise UsageError("backoff_max must be >= backoff_initial", source)
-
-
 # ─── backends: how to list pids, stat a process, and take an exact reading ────────────────
 class _Stat(tuple):
     """(state, ppid, pgrp, start, faults, rss_bytes); faults is None when unknown."""

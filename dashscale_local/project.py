@@ -8,6 +8,7 @@ import os
 from . import release, rundir
 from .envfile import load_env_files
 from .errors import UsageError
+from .podfs import Pods
 from .formation import parse_formation, parse_scale_file, resolve_formation, unknown_type
 from .procfile import load_procfile
 from .sizes import parse_limits
@@ -31,13 +32,14 @@ class Project:
         self.env = load_env_files(self.env_files, required=self.env_required)
         if memory_limit is not None:
             self.limit_spec, self.limit_source = memory_limit, "--memory-limit"
-        else:  # dashscale.ini next to the Procfile, else conf/defaults.ini
-            self.limit_spec = (settings or {}).get("memory_limit")
-            ini = os.path.join(self.directory, "dashscale.ini")
-            self.limit_source = (f"{ini}: memory_limit" if _ini_sets(ini, "memory_limit")
-                                 else "memory_limit")
+        elif settings is not None:  # dashscale.ini next to the Procfile, else the default
+            self.limit_spec = settings.memory_limit
+            self.limit_source = settings.where("memory_limit")
+        else:
+            self.limit_spec, self.limit_source = None, "memory_limit"
         self.memory_limits = parse_limits(self.limit_spec, self.type_names, self.limit_source)
         self.extra_env = {}  # e.g. REDIS_URL from managed services
+        self.pods = Pods(self.directory, self.run_dir, settings or {})  # replicas' disks
 
     def reread(self):
         """Parse the Procfile, env files and limits again, as a new (procfile, env,
@@ -101,20 +103,7 @@ class Project:
         """1 per type, then the saved formation, then each -m/-c spec (later wins)."""
         parsed = [parse_formation(s, source="-m") for s in specs if s]
         saved = self.saved_formation() if use_saved else {}
-        return resolve_formation(self.type_names, saved, *parsed,
-                                 pod_limit=int(settings["pod_limit"]),
-                                 max_per_type=int(settings["max_replicas_per_type"]))
-
-
-def _ini_sets(path, key):
-    """True if the project's dashscale.ini sets ``key`` (to name it in error messages)."""
-    import configparser
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read(path)
-        return parser.has_option("dashscale", key)
-    except configparser.Error:
-        return False
+        return resolve_formation(self.type_names, saved, *parsed, **settings.caps)
 
 
 def find_procfile(path=None):

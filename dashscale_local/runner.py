@@ -14,7 +14,6 @@ import psutil
 
 from . import release, rundir
 from .balancer import Pool
-from .config import number
 from .errors import RuntimeFailure, UsageError
 from .failure import GUNICORN_EXIT, LOG_BYTES, cause, explain, load_failure, reason, this_run
 from .formation import replica_port, resolve_formation, format_formation
@@ -79,11 +78,11 @@ class Runner:
         self.counts = counts
         self.out = printer or Printer()
         self.run_dir = project.run_dir
-        self.host = settings["host"]
-        self.port = int(settings["port"])
-        self.base_port = int(settings["base_port"])
+        self.host = settings.host
+        self.port = settings.port
+        self.base_port = settings.base_port
         self.replicas = {}
-        self.pool = Pool(settings.get("balance", "round-robin"))
+        self.pool = Pool(settings.balance)
         self.pool.on_connect_failure = self._reprobe_soon
         self.lock = None
         self.stopping = None
@@ -97,8 +96,8 @@ class Runner:
         self.started_at = time.time()
         self.created = time.monotonic()
         self.positions = {t: i for i, t in enumerate(project.type_names)}
-        self.app_name = settings.get("app_name") or ""
-        self.spread = str(settings.get("spread", "false")).lower() in ("1", "true", "yes", "on")
+        self.app_name = settings.app_name
+        self.spread = settings.spread
         self.watcher = None
         self.startup_error = None  # raised once stopped (e.g. every replica OOMKilled idle)
         self._reported_error = None  # the bad edit reported last (reported once)
@@ -138,7 +137,7 @@ class Runner:
         try:
             return asyncio.run(self.main())
         except KeyboardInterrupt:
-            self.sup.shutdown(number(self.settings, "stop_timeout") + 5, first=list(self.replicas))
+            self.sup.shutdown(self.settings.stop_timeout + 5, first=list(self.replicas))
             self._kill_all_now()
             return 1
 
@@ -160,7 +159,7 @@ class Runner:
             await asyncio.to_thread(self.sup.wait_up)
             if self.services:  # replicas start only once every service answers
                 await asyncio.to_thread(self.services.start, self.sup, self.out,
-                                        number(self.settings, "ready_timeout"))
+                                        self.settings.ready_timeout)
             if not await self._release_at_start():
                 return 0  # stopped while the release ran
             self.out.system(f"starting {format_formation(self.counts)} from {self.project.procfile_path}")
@@ -171,8 +170,8 @@ class Runner:
                 await asyncio.to_thread(self.sup.start_many, list(self.replicas))
             self._save_state()
             self.guard = MemoryGuard(
-                interval=number(self.settings, "memory_interval"),
-                metric=self.settings["memory_metric"],
+                interval=self.settings.memory_interval,
+                metric=self.settings.memory_metric,
                 before_kill=self._guard_before_kill,
                 on_kill=lambda name, info: loop.call_soon_threadsafe(self._oom_killed, name, info),
                 on_warning=lambda name, info: loop.call_soon_threadsafe(self._memory_warning, name, info))
@@ -234,9 +233,10 @@ class Runner:
             # Services have the lowest priority: supervisord stops them after the replicas.
             extra = 40 if self.services else 0
             await asyncio.to_thread(self.sup.shutdown,
-                                    number(self.settings, "stop_timeout") + 5 + extra,
+                                    self.settings.stop_timeout + 5 + extra,
                                     list(self.replicas))
         self._kill_all_now()
+        self.project.pods.cleanup()
         if self.services:
             self.services.stop_leftovers()
             for s in self.services:
@@ -282,7 +282,7 @@ class Runner:
 
     async def _await_startup(self):
         """Wait until every replica answers or has failed; report, then print the URL."""
-        deadline = time.monotonic() + number(self.settings, "ready_timeout")
+        deadline = time.monotonic() + self.settings.ready_timeout
         t0 = self.created
         while not self.stopping.is_set():
             pending = [r for r in self.replicas.values() if not r.ready and not r.failure
@@ -566,7 +566,7 @@ class Runner:
         self.pool.remove(name)
         if r.probe and not r.probe.done():
             r.probe.cancel()  # it would poll the dead port until the restart
-        policy = self.settings["on_limit"]
+        policy = self.settings.on_limit
         when = "" if was_ready else " while starting (the limit may be too small for this app)"
         self.out.system(f"!!! {name} OOMKilled{when}: {metric} {format_size(used)} reached its "
                         f"limit {format_size(limit)}; killed all {len(info.get('pids') or [])} "
@@ -628,9 +628,9 @@ class Runner:
     def _schedule_crashloop_restart(self, r):
         """Kubernetes CrashLoopBackOff: 10 s, doubling to 300 s, reset after 10 min up
         (backoff_initial / backoff_max / backoff_reset)."""
-        initial = number(self.settings, "backoff_initial")
-        cap = number(self.settings, "backoff_max")
-        reset = number(self.settings, "backoff_reset")
+        initial = self.settings.backoff_initial
+        cap = self.settings.backoff_max
+        reset = self.settings.backoff_reset
         healthy_for = time.monotonic() - (r.spawned_at or 0)
         if r.crashloop_delay is None or healthy_for >= reset:
             r.crashloop_delay = min(initial, cap)
@@ -667,9 +667,10 @@ class Runner:
     async def restart(self, target=None, rolling=False):
         async with self.lock:
             names = self._select(target)
-            deploy = rolling and target not in self.replicas  # a type's roll: a deploy
+            deploy = target not in self.replicas  # not one pod's restart: a deploy of the tree
             if deploy:
-                failed = await self._run_release(self.project.release_steps, "before")
+                failed = await self._deploy({self.replicas[n].type for n in names},
+                                            () if rolling else names, self.project.release_steps)
                 if failed:
                     raise RuntimeFailure(f"release step failed: {failed.describe()}; "
                                          "nothing restarted, the replicas keep serving")
@@ -679,16 +680,30 @@ class Runner:
                     by_type.setdefault(self.replicas[name].type, []).append(name)
                 for type_, group in by_type.items():
                     await self._roll(type_, group)
-                if deploy:
-                    await self._after_deploy(self.project.release_steps)
             else:
                 for name in names:
                     r = self.replicas[name]
                     if r.restart_timer:
                         r.restart_timer.cancel()
                     await asyncio.to_thread(self._restart_now, name)
+            if deploy:
+                await self._after_deploy(self.project.release_steps)
             self._event("restart", f"restarted {', '.join(names)}" + (" (rolling)" if rolling else ""))
             return names
+
+    async def _deploy(self, types, names=(), steps=(), dotenv=None):
+        """A new snapshot of the app tree (podfs); the release ``steps`` run on it; once
+        they pass, it is for the replicas of ``types`` started from now on, and for
+        ``names`` at their next spawn. The Outcome of a failed step (then the snapshot
+        is for nobody), else None."""
+        await asyncio.to_thread(self.project.pods.deploy)
+        failed = await self._run_release(steps, "before", dotenv)
+        if failed:
+            return failed
+        self.project.pods.assign(types)
+        for name in names:
+            self.project.pods.entry(self.sup.launch_dir, name)
+        return None
 
     def _select(self, target):
         if not target or target == "all":
@@ -704,7 +719,7 @@ class Runner:
     async def _roll(self, type_, names):
         """Replace replicas one at a time: start a new one, wait until it serves, then
         drain and stop an old one — serving capacity never drops."""
-        timeout = number(self.settings, "ready_timeout")
+        timeout = self.settings.ready_timeout
         for old_name in names:
             [new] = await self._add_replicas(type_, 1)
             new.awaited = True  # its failure is reported here, with the roll
@@ -733,15 +748,14 @@ class Runner:
     async def scale(self, spec):
         async with self.lock:
             counts = resolve_formation(self.project.type_names, self.counts, spec,
-                                       pod_limit=int(self.settings["pod_limit"]),
-                                       max_per_type=int(self.settings["max_replicas_per_type"]))
+                                       **self.settings.caps)
             added = await self._apply_counts(counts)
             self.counts = counts
             self.project.save_formation(counts)
             self._event("scale", f"scaled to {format_formation(counts)}")
             self.out.system(f"formation is now {format_formation(counts)}")
             self._save_state()
-            timeout = number(self.settings, "ready_timeout")
+            timeout = self.settings.ready_timeout
             await asyncio.gather(*(self._wait_ready(r, timeout) for r in added))
             return counts
 
@@ -786,7 +800,7 @@ class Runner:
 
     async def _remove_replica(self, r):
         """Drain (no new requests; in-flight ones finish within the grace), then stop."""
-        grace = number(self.settings, "stop_timeout")
+        grace = self.settings.stop_timeout
         r.removing = True
         drained = await self.pool.drain(r.name, grace)
         if not drained:
@@ -797,6 +811,7 @@ class Runner:
             if task:
                 task.cancel()
         await asyncio.to_thread(self.sup.remove, r.name)
+        self.project.pods.discard(r.name)
         self.pool.forget(r.name)
         self.replicas.pop(r.name, None)
         self._tails.pop(r.name, None)
@@ -815,13 +830,19 @@ class Runner:
                                  "no replica was started")
         return True
 
-    async def _release_before_reload(self, steps, dotenv):
-        """Before a reload's roll, with its new .env: False when a step fails (said once
-        per content of the files): nothing new starts, the running replicas serve on."""
+    async def _deploy_for_reload(self, types, steps, dotenv):
+        """A reload's deploy (_deploy) with its new release steps and .env. False when
+        the snapshot or a step fails (said once per content of the files): nothing new
+        starts, the running replicas serve on."""
         key = [_content(path) for path in self.project.watched_files]
         if key == self._release_failed:
             return False  # an editor's second event for the same save
-        failed = await self._run_release(steps, "before", dotenv)
+        try:
+            failed = await self._deploy(types, steps=steps, dotenv=dotenv)
+        except RuntimeFailure as exc:  # the snapshot
+            self.out.system(f"reload: {exc} — nothing changed")
+            self._event("reload-error", str(exc))
+            return False
         self._release_failed = key if failed else None
         if failed and not self.stopping.is_set():
             self.out.system(f"reload: release step failed: {failed.describe()} — nothing "
@@ -857,25 +878,29 @@ class Runner:
         return None
 
     async def _run_step(self, step, dotenv=None):
-        """One step with a replica's environment (no PORT), in _release_cwd(); stopped
-        with dashscale (TERM, then KILL after stop_timeout)."""
+        """One step with a replica's environment (no PORT), on a disk of its own as a
+        replica's (podfs: the latest deploy, `../mount` beside it); stopped with
+        dashscale (TERM, then KILL after stop_timeout)."""
         runtime_dir = os.path.join(self.run_dir, "rt", step.name)
         os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
         env = process_env(self.project, self.app_name, step.name, runtime_dir, dotenv=dotenv)
+        pods = self.project.pods
 
         def started(proc):  # on the step's thread
             self._release_proc = proc
             self.loop.call_soon_threadsafe(self._save_state)
-        job = asyncio.ensure_future(asyncio.to_thread(
-            release.run, step, env, self._release_cwd(), self.out.line,
-            self.sup.log_path(step.name), started))
+
+        def run():  # on a thread: its disk may be a copy of the deploy
+            return release.run(step, env, pods.step_dir(step.name), self.out.line,
+                               self.sup.log_path(step.name), started)
+        job = asyncio.ensure_future(asyncio.to_thread(run))
         stopping = asyncio.ensure_future(self.stopping.wait())
         await asyncio.wait([job, stopping], return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         proc = self._release_proc
         if not job.done() and proc:
             release.stop(proc)
-            if not (await asyncio.wait([job], timeout=number(self.settings, "stop_timeout")))[0]:
+            if not (await asyncio.wait([job], timeout=self.settings.stop_timeout))[0]:
                 release.stop(proc, signal.SIGKILL)
         try:
             return await job
@@ -885,11 +910,7 @@ class Runner:
         finally:
             self._release_proc = None
             self._save_state()
-
-    def _release_cwd(self):
-        """Where release steps run: the app directory (`../mount` beside it, as for the
-        replicas)."""
-        return self.project.directory
+            await asyncio.to_thread(pods.discard, step.name)  # its disk goes with it
 
     # -- reload on file changes --------------------------------------------------
     async def _watch_files(self, startup, at_most=2.0):
@@ -923,8 +944,7 @@ class Runner:
                 procfile, env, limits = self.project.reread()
                 steps = release.steps(procfile, self.project.directory)
                 types = release.process_types(procfile)
-                caps = dict(pod_limit=int(self.settings["pod_limit"]),
-                            max_per_type=int(self.settings["max_replicas_per_type"]))
+                caps = self.settings.caps
                 counts = {t: self.counts.get(t, 1) for t in types}
                 # A deleted scale file says nothing: keep the formation as it is.
                 scale_changed = self.project.scale_file in paths and \
@@ -955,10 +975,9 @@ class Runner:
                     self.out.system("reload: release steps changed; they run before the "
                                     "next roll")
                 return True  # saved with the same content
-            # A deploy (new code, command or .env for replicas that run): release first.
-            deploy = any(r.type in changed for r in self.replicas.values()) or \
-                any(counts[t] for t in types if t not in old)
-            if deploy and not await self._release_before_reload(steps, env):
+            new_types = [t for t in types if t not in old]
+            deploy = bool(changed or new_types)  # what is rolled or added: the tree as it is now
+            if deploy and not await self._deploy_for_reload(changed + new_types, steps, env):
                 return False
             self.project.procfile, self.project.type_names, self.project.env = procfile, types, env
             self.project.release_steps = steps
@@ -1025,6 +1044,9 @@ class Runner:
             "runner_pid": os.getpid(),
             "supervisord_pid": self.sup.process.pid if self.sup and self.sup.process else None,
             "replicas": replicas,
+            # Each replica's own view of the app directory (overlay or copy), ../mount
+            # shared; or "shared": every replica in the user's directory (--shared-fs).
+            "filesystem": self.project.pods.status(),
             # Apart from the replicas, as Dash Enterprise's managed Redis/Postgres: their
             # memory is not in memory.total_bytes / max_bytes.
             "services": self.services.status() if self.services else [],
@@ -1035,8 +1057,8 @@ class Runner:
             "memory": {"total_bytes": sum(r.memory_bytes for r in self.replicas.values()),
                        "max_bytes": sum(r.memory_limit for r in self.replicas.values()),
                        "metric": (self.guard.metric if self.guard  # pss falls back to rss
-                                  else self.settings["memory_metric"]),
-                       "on_limit": self.settings["on_limit"]},
+                                  else self.settings.memory_metric),
+                       "on_limit": self.settings.on_limit},
             "events": self.events[-50:],
             "proxy_stats": self.proxy.stats() if self.proxy else {},
         }

@@ -123,7 +123,8 @@ def test_sigterm_to_runner_stops_everything(dashscale):
 SLOW_TO_STOP = """\
 import os, signal, sys, time
 def on_term(*_):
-    with open(os.environ["DASHSCALE_REPLICA"] + ".term", "w") as f:
+    # ../mount: kept and shared (each replica's own directory is gone once it stops)
+    with open("../mount/" + os.environ["DASHSCALE_REPLICA"] + ".term", "w") as f:
         f.write(repr(time.time()))
     time.sleep(1.5)  # a replica finishing its in-flight work
     sys.exit(0)
@@ -143,7 +144,8 @@ def test_ctrl_c_stops_every_replica_at_once(dashscale, app_dir):
     assert os.getpgid(sup_pid) != os.getpgid(run.process.pid)
     os.killpg(run.process.pid, signal.SIGINT)  # what the terminal does
     assert run.process.wait(30) == 0
-    times = [float((app_dir / f"worker.{i}.term").read_text()) for i in range(1, 5)]
+    times = [float((app_dir / ".dashscale" / "mount" / f"worker.{i}.term").read_text())
+             for i in range(1, 5)]
     # one after another they would be ≥1.5 s apart
     assert max(times) - min(times) < 1.0, times
     assert processes_with_marker(run.run_id) == []

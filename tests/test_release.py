@@ -28,9 +28,9 @@ SAME_ENV = ("GREETING", "DASH_APP_NAME", "DASH_REQUESTS_PATHNAME_PREFIX", "PYTHO
 
 
 def records(app_dir):
-    """The release steps' runs, in order: what release_step.py appended."""
+    """The release steps' runs, in order: what release_step.py appended to ../mount."""
     try:
-        with open(app_dir / "released.jsonl") as f:
+        with open(app_dir / ".dashscale" / "mount" / "released.jsonl") as f:
             return [json.loads(line) for line in f]
     except FileNotFoundError:
         return []
@@ -61,13 +61,16 @@ def test_release_runs_once_at_start_and_once_per_roll(dashscale, app_dir):
     assert out.index("predeploy ran") < out.index("starting web=2") \
         < out.index("web replicas ready") < out.index("postdeploy ran")
     assert re.search(r"\d release +\| release ran with GREETING=hello", out)
-    # The replicas' environment (less PORT and the replica's name), in the app directory
+    # The replicas' environment (less PORT and the replica's name), and a disk of its own
+    # as a replica's: a view of the deploy with the shared ../mount beside it.
     seen = replica_env(run, SAME_ENV)
     assert seen["GREETING"] == "hello" and seen["DASH_APP_NAME"]
     for r in runs:
         assert {k: r["env"][k] for k in SAME_ENV} == seen
         assert r["env"]["PORT"] is None and r["env"]["DASHSCALE_REPLICA"] == r["step"]
-        assert r["cwd"] == str(app_dir)
+        assert r["cwd"] == os.path.join(run.run_dir, "pods", r["step"], "app")
+    assert not os.path.exists(app_dir / "scratch.txt")  # not in the user's tree
+    assert not os.path.exists(os.path.join(run.run_dir, "pods", "release"))  # gone after
     # Not a replica: not in status, no port block, not restartable
     status = run.status()
     assert [(r["name"], r["port"]) for r in status["replicas"]] == \
@@ -75,8 +78,9 @@ def test_release_runs_once_at_start_and_once_per_roll(dashscale, app_dir):
     assert status["formation"] == {"web": 2}
     assert [s["name"] for s in status["release"]["steps"]] == ["release", "predeploy",
                                                                  "postdeploy"]
-    last = status["release"]["last"]
-    assert last["name"] == "postdeploy" and last["ok"] and last["exit_code"] == 0
+    last = wait_for(lambda: run.status()["release"]["last"]["name"] == "postdeploy" and
+                    run.status()["release"]["last"], 30, message="postdeploy done")
+    assert last["ok"] and last["exit_code"] == 0 and last["source"] == "project.toml"
     assert re.search(r"^release: last run ok \d+\.\ds at \d\d:\d\d:\d\d \(postdeploy, "
                      r"project.toml\)$", run.cli("status").stdout, re.M)
     scale = run.cli("scale", "release=1")
@@ -104,8 +108,9 @@ def test_release_runs_once_at_start_and_once_per_roll(dashscale, app_dir):
     (app_dir / "Procfile").write_text(PROCFILE.replace("--workers 1", "--workers 1 -t 60"))
     wait_output(run, "reload applied", 60, since=mark)
     wait_records(app_dir, 9)
+    (app_dir / "VERSION").write_text("2")  # code: a restart of the type deploys it
     assert run.cli("restart", "web", "--rolling").returncode == 0
-    wait_records(app_dir, 12)
+    assert [r["version"] for r in wait_records(app_dir, 12)[9:]] == ["2"] * 3
     assert [r["step"] for r in records(app_dir)] == ["release", "predeploy", "postdeploy"] * 4
     assert [r["type"] for r in run.status()["replicas"]] == ["web", "web"]  # (renamed by rolls)
 
@@ -165,7 +170,7 @@ def test_failing_release_at_start_starts_nothing(dashscale, app_dir):
         "exited 3; no replica was started")
     assert "web.1" not in out and "web.2" not in out
     assert not os.path.exists(os.path.join(run.run_dir, "logs", "web.1.log"))
-    for name in ("state.json", "supervisor.sock", "control.sock"):
+    for name in ("state.json", "supervisor.sock", "control.sock", "pods", "deploys"):
         assert not os.path.exists(os.path.join(run.run_dir, name))
     assert len(records(app_dir)) == 1
     # (the fixture fails the test if any process of the run is left)
@@ -199,7 +204,7 @@ def test_release_is_not_a_process_type(app_dir):
     assert result.exit_code == 2
     assert result.stderr.startswith(f"dashscale: {app_dir / 'DOKKU_SCALE'}: 'release' is a "
                                     "release step")
-    assert not os.path.exists(app_dir / "released.jsonl")
+    assert records(app_dir) == []
     (app_dir / "Procfile").write_text("release: python release_step.py\n")
     result = CliRunner().invoke(main, ["start", "-f", procfile])
     assert result.exit_code == 2
