@@ -1,16 +1,19 @@
 """Release steps: one-shot commands of a deploy, not replicas.
 
 - Procfile ``release:`` (Heroku): runs once, to completion, before the web replicas
-  start and before every rolling change of code, command or ``.env``; a failure
-  blocks the change.
-- ``project.toml`` ``predeploy`` / ``postdeploy`` (Dash Enterprise 5): predeploy runs
-  with ``release``; postdeploy after the new replicas are up. Accepted at the top level
-  or under ``[scripts]`` or ``[deploy]``; the value is a command, or a script file in
-  the app directory (run with ``sh``).
+  start and before every deploy (roll) of code, command or ``.env``, never on a scale;
+  a failure blocks the change.
+- ``project.toml`` ``predeploy`` / ``postdeploy`` (Dash Enterprise 5, where predeploy
+  runs before the new containers start and postdeploy after the processes start,
+  before traffic): predeploy runs with ``release``; postdeploy once the new replicas
+  are up, and its failure is reported but undoes nothing (the new replicas stay).
+  Accepted at the top level or under ``[scripts]`` or ``[deploy]``; the value is a
+  command, or a script file in the app directory (run with ``sh``).
 
 A step is not a process type: it has no replicas, no port block, no memory limit and
 no place in the formation (``-m release=1`` is refused). It runs with the environment
-the replicas get (launch.process_env, without PORT) in the app directory. Output goes
+the replicas get (launch.process_env, without PORT), on a disk of its own as theirs
+(podfs.Pods.step_dir: the deploy it precedes, ``../mount`` beside it). Output goes
 to the terminal as ``release | …`` (``predeploy | …``) and to
 ``.dashscale/logs/<step>.log`` (``dashscale logs release``). honcho and foreman instead
 stop everything when a ``release`` process exits; here it is a step, as on Heroku and
