@@ -12,7 +12,7 @@ DEBIAN_PACKAGES := redis-server postgresql chromium chromium-driver nginx-light 
 $(BIN)/.installed: setup.cfg setup.py pyproject.toml dashscale_local/http11/_fast.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[demo,test]'
 	@# pip byte-compiles what it installs, but not an editable project; with
 	@# PYTHONDONTWRITEBYTECODE set, every `dashscale start` would recompile it (~0.1 s).
 	$(BIN)/python -m compileall -q dashscale_local
@@ -39,7 +39,7 @@ test-fast: $(BIN)/.installed
 
 # Every benchmark, one after another (about 20 minutes; the soak alone is 10).
 BENCHMARKS := bench_startup.py bench_demo.py bench_proxy.py bench_proxy_instructions.py \
-	bench_memory_guard.py \
+	bench_memory_guard.py bench_idle.py \
 	bench_reload.py bench_background.py bench_http11.py bench_podfs.py soak.py
 bench: $(BIN)/.installed system-deps
 	set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(BIN)/python benchmarks/$$b; done

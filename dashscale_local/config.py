@@ -181,12 +181,15 @@ class Settings:
     proxy_max_connections: int = _field(_count(1))
     proxy_retry_after: int = _field(_count())
     proxy_health_interval: float = _field(_seconds())
+    proxy_health_idle_interval: float = _field(_seconds())
+    memory_idle_interval: float = _field(_seconds(0.01))
+    memory_max_growth: int = _field(_size)
+    monitor_idle_interval: float = _field(_seconds(0.01))
     balance: str = _field(_choice(*BALANCE_POLICIES))
     shared_fs: bool = _field(_bool)
     pod_disk: str = _field(_choice("auto", "overlay", "copy"))
     mount: str = _field(_text)
-    # Default here until conf/defaults.ini documents it (the branch adding --python).
-    python: str = _field(_text, "")
+    python: str = _field(_text)
     # key → where its value came from, as errors name it: "…/dashscale.ini: key", "--key"
     sources: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -202,6 +205,10 @@ class Settings:
             key = "backoff_max" if "backoff_max" in self.sources else "backoff_initial"
             raise UsageError(f"backoff_max ({self.backoff_max:g}) must be >= backoff_initial "
                              f"({self.backoff_initial:g})", self.where(key))
+        if self.memory_idle_interval < self.memory_interval:
+            raise UsageError(f"memory_idle_interval ({self.memory_idle_interval:g}) must be >= "
+                             f"memory_interval ({self.memory_interval:g})",
+                             self.where("memory_idle_interval"))
 
     def where(self, key):
         """Where ``key``'s value came from, as error messages name it: ``--option``,

@@ -61,7 +61,9 @@ supervisord (``export supervisord``)
 ------------------------------------
 A complete config for ``supervisord -c FILE`` (no dashscale needed): one
 ``[program:web.N]`` per replica in a ``[group:web]``, ports as ``start`` plans them
-(``--base-port``), environment PORT, DASHSCALE_REPLICA, PYTHONUNBUFFERED and ``.env``,
+(``--base-port``), environment PORT, DASHSCALE_REPLICA, PYTHONUNBUFFERED, ``.env``, and
+PATH/VIRTUAL_ENV with the replicas' Python environment first (as ``start``, resolved when
+exporting; a Kubernetes image brings its own environment, so ``k8s`` sets no PATH),
 autorestart, stopasgroup/killasgroup, control on a unix socket (chmod 0700) and no
 ``[inet_http_server]``. Socket, pid file and logs live next to the config file
 (``%(here)s``). supervisord does not enforce memory limits: they appear as comments.
@@ -582,9 +584,16 @@ def supervisord_conf(project, settings, counts, app_name=None):
     """The text of a standalone supervisord.conf for the formation."""
     replicas = plan_replicas(project.type_names, counts, settings.base_port)
     env_source = project.env_files[-1]
-    fixed_keys = {"PORT", "DASHSCALE_REPLICA", "PYTHONUNBUFFERED", *_dash_prefix_env(app_name)}
+    # The replicas' Python environment first on PATH, as `start` runs them (resolved now:
+    # the config is for this machine, as its directory is).
+    applied = project.python_env.apply({**os.environ, **project.env})
+    python_env = {k: applied[k] for k in ("PATH", "VIRTUAL_ENV") if k in applied}
+    fixed_keys = {"PORT", "DASHSCALE_REPLICA", "PYTHONUNBUFFERED", *_dash_prefix_env(app_name),
+                  *python_env}
     dotenv = [supervisor_env_value(k, str(v), env_source) for k, v in project.env.items()
               if k not in fixed_keys]  # dashscale's own variables win, as in `start`
+    dotenv += [supervisor_env_value(k, v, project.python_env.source)
+               for k, v in python_env.items()]
     lines = [_header(project, counts, "supervisord", ";").rstrip("\n"),
              "; Run it with: supervisord -c THIS_FILE   (in the foreground: add -n)",
              "; Control it:  supervisorctl -c THIS_FILE status | restart web:* | shutdown",

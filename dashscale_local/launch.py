@@ -9,7 +9,6 @@ benchmark (benchmarks/bench_startup.py).
 import errno
 import os
 import re
-import sys
 import time
 
 from . import release, rundir
@@ -126,18 +125,16 @@ def write_replica_program(sup, project, spec, app_name, autostart=False):
 def process_env(project, app_name, name, runtime_dir, port=None, dotenv=None):
     """The environment of one of the app's processes (a replica, a release step, the
     doctor's measured replica): ours, DE's system variables, .env (``dotenv``, default
-    the project's), dashscale's own variables and the managed services' URLs. The one
-    place that builds it."""
+    the project's), dashscale's own variables, the app's Python environment and the
+    managed services' URLs. The one place that builds it."""
     env = dict(os.environ)
     env.update(system_env(project.directory, app_name))
     env.update(project.env if dotenv is None else dotenv)  # wins over DE's variables
-    bin_dir = os.path.dirname(sys.executable)
-    env.update({
-        "DASHSCALE_REPLICA": name, "PYTHONUNBUFFERED": "1", "XDG_RUNTIME_DIR": runtime_dir,
-        "PATH": bin_dir + os.pathsep + env.get("PATH", os.defpath),
-    })
+    env.update({"DASHSCALE_REPLICA": name, "PYTHONUNBUFFERED": "1",
+                "XDG_RUNTIME_DIR": runtime_dir})
     if port is not None:  # a release step serves nothing
         env["PORT"] = str(port)
+    project.python_env.apply(env)  # the app's venv first on PATH (gunicorn, python…)
     env.update(project.extra_env)
     return env
 

@@ -11,6 +11,7 @@ from .errors import UsageError
 from .podfs import Pods
 from .formation import parse_formation, parse_scale_file, resolve_formation, unknown_type
 from .procfile import load_procfile
+from .pyenv import missing_programs, resolve
 from .sizes import parse_limits
 
 SCALE_FILE = "DOKKU_SCALE"
@@ -40,11 +41,24 @@ class Project:
         self.memory_limits = parse_limits(self.limit_spec, self.type_names, self.limit_source)
         self.extra_env = {}  # e.g. REDIS_URL from managed services
         self.pods = Pods(self.directory, self.run_dir, settings or {})  # replicas' disks
+        self.python_env = resolve(self.directory, settings.python if settings else None,
+                                  settings.where("python") if settings else "python")
+
+    def missing_programs(self, procfile=None):
+        """(line, message) per Procfile type whose program the replicas' Python
+        environment lacks (gunicorn not installed in the app's venv…)."""
+        return missing_programs(procfile or self.procfile, self.python_env, self.directory)
+
+    def check_programs(self, procfile=None):
+        """UsageError (exit 2) naming the Procfile line of the first missing program."""
+        for line, message in self.missing_programs(procfile):
+            raise UsageError(message, file=self.procfile_path, line=line)
 
     def reread(self):
         """Parse the Procfile, env files and limits again, as a new (procfile, env,
         limits) triple; raises UsageError and changes nothing when any is bad."""
         procfile = load_procfile(self.procfile_path)
+        self.check_programs(procfile)
         env = load_env_files(self.env_files, required=self.env_required)
         limits = parse_limits(self.limit_spec, release.process_types(procfile),
                               self.limit_source)

@@ -15,6 +15,7 @@ from http import HTTPStatus
 from . import http11
 from .config import PARSERS, Settings, load_settings
 from .errors import UsageError
+from .cadence import backoff_interval
 from .http11 import END, LAST_CHUNK, ProtocolError, Request, Response, encode_chunk
 
 LOCAL_PREFIX = b"/_dashscale/"  # served by the runner itself, never by the app
@@ -69,6 +70,7 @@ class ProxySettings:
         self.max_connections = settings.proxy_max_connections   # open client connections
         self.retry_after = settings.proxy_retry_after           # Retry-After of a 503
         self.health_interval = settings.proxy_health_interval   # active probe period, 0 = off
+        self.health_idle_interval = settings.proxy_health_idle_interval  # idle: up to
         timeouts = (self.header_timeout, self.body_timeout, self.keepalive_timeout,
                     self.connect_timeout, self.read_timeout, self.send_timeout)
         self.sweep_interval = min(0.5, max(0.02, min(timeouts) / 4))
@@ -843,7 +845,9 @@ class HealthChecker:
 
     def __init__(self, pool, settings):
         self.pool = pool
-        self.interval = settings.health_interval
+        self.interval = self.base = settings.health_interval
+        self.idle_cap = settings.health_idle_interval
+        self._routed = None
         self.timeout = min(settings.connect_timeout, max(self.interval, 0.5))
         self.task = None
         self.rounds = 0
@@ -870,10 +874,20 @@ class HealthChecker:
             await asyncio.sleep(max(0.0, wake - now))
             now = loop.time()
             if now >= next_check:
-                next_check = now + self.interval
                 await self.check_rotation()
+                self.interval = self.next_interval()
+                next_check = now + self.interval
             if self.pool.on_connect_failure is None:
                 await self.reprobe_failed(loop.time())
+
+    def next_interval(self):
+        """The base period while requests come; with an owner (the runner sees a replica's
+        exit by itself) and no request since the last round, doubled up to the idle cap."""
+        routed = sum(b.routed for b in self.pool.backends.values())
+        busy = (routed != self._routed or self.pool.on_connect_failure is None
+                or any(b.inflight for b in self.pool.backends.values()))
+        self._routed = routed
+        return backoff_interval(self.interval, self.base, self.idle_cap, busy)
 
     async def check_rotation(self):
         backends = list(self.pool.rotation)

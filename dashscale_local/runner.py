@@ -14,6 +14,7 @@ import psutil
 
 from . import release, rundir
 from .balancer import Pool
+from .cadence import busy_interval
 from .errors import RuntimeFailure, UsageError
 from .failure import GUNICORN_EXIT, LOG_BYTES, cause, explain, load_failure, reason, this_run
 from .formation import replica_port, resolve_formation, format_formation
@@ -24,6 +25,8 @@ from .sizes import format_size
 UP_STATES = ("STARTING", "RUNNING")
 DOWN_STATES = ("BACKOFF", "EXITED", "FATAL")
 FAILED_START_GRACE = 5.0  # s the other replicas get once one cannot load the app
+TRANSITIONS = ("STARTING", "STOPPING", "BACKOFF")  # supervisord states the monitor polls fast
+MONITOR_FAST, TAIL_FAST, TAIL_IDLE = 0.2, 0.1, 0.5  # seconds; idle: monitor_idle_interval
 SUPERVISOR_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED",
                      "FATAL", "UNKNOWN")
 
@@ -171,6 +174,8 @@ class Runner:
             self._save_state()
             self.guard = MemoryGuard(
                 interval=self.settings.memory_interval,
+                idle_interval=self.settings.memory_idle_interval,
+                max_growth=self.settings.memory_max_growth, idle_refresh=60.0,
                 metric=self.settings.memory_metric,
                 before_kill=self._guard_before_kill,
                 on_kill=lambda name, info: loop.call_soon_threadsafe(self._oom_killed, name, info),
@@ -338,7 +343,19 @@ class Runner:
         return f"http://{host}:{self.port}" + (f"/{self.app_name}/" if self.app_name else "")
 
     async def _monitor(self):
-        """Follow supervisord's view of each replica (pid changes, exits) every 0.2 s."""
+        """Follow supervisord's view of each replica (pid changes, exits): every 0.2 s
+        while anything starts, stops or changes, else every ``monitor_idle_interval`` s;
+        a replica's exit wakes it at once (pidfd), so an idle crash is seen as soon."""
+        idle = self.settings.monitor_idle_interval
+        self._activity = time.monotonic()
+        self._monitor_wake = asyncio.Event()
+        self._pidfds = {}
+        try:
+            await self._monitor_loop(idle)
+        finally:
+            self._watch_exits(())
+
+    async def _monitor_loop(self, idle):
         while True:
             try:
                 infos = await asyncio.to_thread(self.sup.all_info)
@@ -364,7 +381,47 @@ class Runner:
             if changed:
                 self._save_state()
             self._update_memory()
-            await asyncio.sleep(0.2)
+            now = time.monotonic()
+            if changed or self.lock.locked() or \
+                    any(i["statename"] in TRANSITIONS for i in infos.values()):
+                self._activity = now
+            alive = self._watch_exits({i["pid"] for i in infos.values() if i["pid"]})
+            await self._monitor_sleep(busy_interval(now, self._activity, MONITOR_FAST,
+                                                    idle if alive else MONITOR_FAST))
+
+    async def _monitor_sleep(self, seconds):
+        try:
+            await asyncio.wait_for(self._monitor_wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            return
+        self._monitor_wake.clear()
+        self._activity = time.monotonic()  # an exit: poll fast until supervisord has seen it
+
+    def _watch_exits(self, pids):
+        """Keep one pidfd per supervised process (replicas, services), readable when it
+        exits; False where pidfds are unavailable (not Linux >= 5.3)."""
+        for pid in [p for p in self._pidfds if p not in pids]:
+            self._pidfd_exited(pid, wake=False)
+        for pid in pids:
+            if pid in self._pidfds:
+                continue
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:  # gone already: poll fast until supervisord says so
+                self._activity = time.monotonic()
+                continue
+            except (AttributeError, OSError):
+                return False
+            self._pidfds[pid] = fd
+            self.loop.add_reader(fd, self._pidfd_exited, pid)
+        return True
+
+    def _pidfd_exited(self, pid, wake=True):
+        fd = self._pidfds.pop(pid)
+        self.loop.remove_reader(fd)
+        os.close(fd)
+        if wake:
+            self._monitor_wake.set()
 
     def _update(self, r, info):
         if r.oomkilled:  # OOMKILLED until _restart_now, whatever supervisord does meanwhile
@@ -1094,17 +1151,27 @@ class Runner:
 
     # -- logs ----------------------------------------------------------------
     async def _tail_logs(self):
+        """Print the replicas' new log lines: every 0.1 s while lines come or the monitor
+        sees changes, else every 0.5 s."""
+        last_line = None
         while True:
             for r in list(self.replicas.values()) + list(self.services or ()):
-                self._tail_once(r)
-            await asyncio.sleep(0.1)
+                if self._tail_once(r):
+                    last_line = time.monotonic()
+            now = time.monotonic()
+            await asyncio.sleep(min(busy_interval(now, last_line, TAIL_FAST, TAIL_IDLE),
+                                    busy_interval(now, getattr(self, "_activity", None),
+                                                  TAIL_FAST, TAIL_IDLE)))
 
     def _tail_once(self, r):
+        """Print what was added to r's log; returns how many lines."""
         tail = self._tails.get(r.name)
         if tail is None:
             tail = self._tails[r.name] = LogTail(self.sup.log_path(r.name), from_start=True)
-        for line in tail.read_lines():
+        lines = tail.read_lines()
+        for line in lines:
             self.out.line(r.name, line)
+        return len(lines)
 
 
 def _shown(path):

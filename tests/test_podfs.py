@@ -166,8 +166,8 @@ def test_mount_setting_names_the_shared_directory(dashscale, app_dir, tmp_path_f
 
 
 @pytest.mark.parametrize("line, message", [
-    ("shared_fs = maybe", "setting shared_fs: expected true or false, got 'maybe'"),
-    ("pod_disk = zfs", "setting pod_disk: expected one of auto, overlay, copy, got 'zfs'"),
+    ("shared_fs = maybe", "shared_fs: 'maybe' is not one of true, false (or yes/no, on/off, 1/0)"),
+    ("pod_disk = zfs", "pod_disk: 'zfs' is not one of auto, overlay, copy"),
 ])
 def test_bad_settings_are_one_line_errors(dashscale, app_dir, line, message):
     (app_dir / "Procfile").write_text("web: gunicorn disk_app:app\n")

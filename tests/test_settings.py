@@ -54,6 +54,11 @@ CASES = {
     "python": (" /usr/bin/python3 ", "/usr/bin/python3", None, None),
     "shared_fs": ("on", True, "2", "'2' is not one of true, false"),
     "mount": ("/tmp/shared", "/tmp/shared", None, None),
+    "pod_disk": ("copy", "copy", "zfs", "'zfs' is not one of auto, overlay, copy"),
+    "proxy_health_idle_interval": ("10", 10.0, "-1", "'-1' must be a number of seconds >= 0"),
+    "memory_idle_interval": ("2", 2.0, "0", "'0' must be a number of seconds >= 0.01"),
+    "memory_max_growth": ("1GiB", 2**30, "lots", "lots"),
+    "monitor_idle_interval": ("0.5", 0.5, "x", "not a number: 'x'"),
 }
 BAD = [key for key, case in CASES.items() if case[2] is not None]
 
@@ -80,8 +85,7 @@ def test_defaults_ini_holds_every_setting_and_parses():
     parser.read_string(packaged_text("defaults.ini"))
     keys = set(parser["dashscale"])
     assert keys <= set(config.PARSERS)
-    # Defaulted in Settings until their branches document them in defaults.ini.
-    assert set(config.PARSERS) - keys <= {"python", "shared_fs", "mount"}
+    assert set(config.PARSERS) == keys
     s = load_settings()
     assert (s.port, s.base_port, s.caps) == (8050, 5006, {"pod_limit": 40, "max_per_type": 10})
     assert (s.memory_limit, s.memory_interval, s.spread, s.services) == ("8GiB", 0.25, False, ())
