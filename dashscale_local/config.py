@@ -206,8 +206,8 @@ class Settings:
             raise UsageError(f"backoff_max ({self.backoff_max:g}) must be >= backoff_initial "
                              f"({self.backoff_initial:g})", self.where(key))
         if self.memory_idle_interval < self.memory_interval:
-            raise UsageError(f"memory_idle_interval ({self.memory_idle_interval:g}) must be >= "
-                             f"memory_interval ({self.memory_interval:g})",
+            raise UsageError(f"{self.memory_idle_interval:g} must be >= memory_interval "
+                             f"({self.memory_interval:g})",
                              self.where("memory_idle_interval"))
 
     def where(self, key):

@@ -71,6 +71,11 @@ def test_status_text_5xx_column_and_limits_over_ram(dashscale):
             run.get("/fail")
         assert exc.value.code == 500
     run.get("/")
+
+    def counted():  # the proxy counts a response once its replica connection has ended
+        stats = [r["proxy"] for r in run.status()["replicas"]]
+        return sum(s["status_5xx"] for s in stats) == 3 and sum(s["served"] for s in stats) == 4
+    wait_for(counted, 10, message=f"3 5xx and 4 served ({run.status()['replicas']})")
     text = run.cli("status").stdout.splitlines()
     header = next(line.split() for line in text if line.startswith("REPLICA"))
     assert header[-2:] == ["SERVED", "5XX"]
