@@ -874,8 +874,8 @@ class Runner:
         self._tails.pop(r.name, None)
 
     # -- release steps (release.py) ---------------------------------------------------
-    # Once at start before the replicas start, and before each roll (a deploy: reload of
-    # code/command/.env, `restart --rolling` of a type); not on scale, as Heroku and DE.
+    # Once at start before the replicas start, and before each deploy (_deploy: a reload
+    # of command/.env, a `restart` of a type); not on scale, as Heroku and DE.
     async def _release_at_start(self):
         """The release steps before the first replicas start. False when dashscale was
         stopped meanwhile; a failure is RuntimeFailure (exit 1): nothing starts."""

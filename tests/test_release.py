@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import kubernetes_validate
 import psutil
@@ -156,6 +157,22 @@ def test_failing_release_before_a_roll_keeps_the_running_replicas(dashscale, app
     assert len(records(app_dir)) == 3 and records(app_dir)[2]["env"]["GREETING"] == "bye"
     assert replica_env(run, ["GREETING"]) == {"GREETING": "bye"}
     assert run.status()["release"]["last"]["ok"]
+
+
+@pytest.mark.slow
+def test_a_deploy_whose_release_failed_is_not_used_by_a_scale_up(dashscale, app_dir):
+    (app_dir / "VERSION").write_text("1")
+    run = dashscale("release: python release_step.py\nweb: gunicorn disk_app:app -w 1\n")
+    (app_dir / "VERSION").write_text("2")   # new code, and a release that fails on it
+    mark = len(run.output())
+    (app_dir / ".env").write_text("RELEASE_EXIT=3\n")
+    wait_output(run, "release step failed", 60, since=mark)
+    assert records(app_dir)[-1]["version"] == "2"   # it ran on the new snapshot…
+    assert run.cli("scale", "web=2").returncode == 0
+    run.wait_ready(2)
+    port = {r["name"]: r["port"] for r in run.status()["replicas"]}["web.2"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/read?name=VERSION") as resp:
+        assert resp.read() == b"1"   # …which no replica runs: a scale-up runs the old one
 
 
 @pytest.mark.slow
