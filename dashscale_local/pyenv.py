@@ -81,10 +81,8 @@ class PythonEnv:
 
     def sys_path(self):
         """The environment's sys.path (where its installed packages are), asked of its
-        interpreter once; dashscale's own when it is the same interpreter."""
-        if os.path.realpath(self.python) == os.path.realpath(sys.executable) and \
-                self.venv == _own_venv():
-            return sys.path
+        interpreter once (also when it is dashscale's own: this process's sys.path has
+        whatever its caller added, e.g. pytest's rootdirs)."""
         return _sys_path_of(self.python)
 
     def install_hint(self, program):
