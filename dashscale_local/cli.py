@@ -189,7 +189,27 @@ def status(procfile, as_json):
     for note in notes:
         click.echo(note)
     click.echo(_memory_line(data["memory"]))
+    line = release_line(data.get("release"))
+    if line:
+        click.echo(line)
     _echo_services(data.get("services") or [])
+
+
+def release_line(info):
+    """`release: last run ok 1.2s at 12:00:01 (release, Procfile:1)`, or None without
+    release steps."""
+    if not info or not (info["steps"] or info["last"]):
+        return None
+    if info.get("running"):
+        return f"release: {info['running']} is running"
+    last = info["last"]
+    if last is None:
+        return "release: not run yet"
+    code = last["exit_code"]
+    result = f"ok {last['seconds']:.1f}s" if last["ok"] else \
+        f"FAILED (exit {code})" if code >= 0 else f"FAILED (signal {-code})"
+    at = time.strftime("%H:%M:%S", time.localtime(last["time"]))
+    return f"release: last run {result} at {at} ({last['name']}, {last['source']})"
 
 
 def _memory_line(m, ram=None):
@@ -279,7 +299,7 @@ def stop(procfile, timeout):
 @click.argument("replica", required=False)
 @handle_errors
 def logs(procfile, follow, lines, replica):
-    """Show replica logs (all, or one: web.2)."""
+    """Show replica logs (all, or one: web.2; release steps' as `release`)."""
     log_dir = os.path.join(_run_dir(procfile), "logs")
     if not os.path.isdir(log_dir):
         raise UsageError("no logs here (nothing has run)", file=log_dir)

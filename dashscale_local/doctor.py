@@ -137,6 +137,7 @@ class Report:
     def __init__(self, procfile_path):
         self.procfile_path = procfile_path  # as the user gave it (used in messages)
         self.processes = {}
+        self.release = []  # release steps (release.Step.as_json), not processes
         self.findings = []
         self.measure = None
         self.python = None  # the replicas' Python environment (pyenv.PythonEnv)
@@ -154,6 +155,7 @@ class Report:
 
     def as_json(self):
         data = {"processes": self.processes,
+                "release": self.release,
                 "warnings": [f.as_json() for f in self.warnings],
                 "errors": [f.as_json() for f in self.errors]}
         if self.python is not None:
@@ -265,7 +267,8 @@ class Doctor:
 
     def run(self):
         procfile = self.project.procfile
-        self.report.processes = procfile.commands
+        self.report.processes = {t: procfile.types[t].command for t in self.project.type_names}
+        self.report.release = [step.as_json() for step in self.project.release_steps]
         pf = self.report.procfile_path
         for w in procfile.warnings:
             self.add("warning", "procfile-skipped-line", pf, w.line, w.message)
@@ -276,8 +279,11 @@ class Doctor:
         self.report.python = self.project.python_env
         for line, message in self.project.missing_programs():
             self.add("error", "command-not-installed", pf, line, message)
-        for ptype in procfile.types.values():
-            self.check_type(ptype)
+        for name in self.project.type_names:
+            self.check_type(procfile.types[name])
+        if "release" in procfile.types:  # a one-shot step: its script must exist
+            release = procfile.types["release"]
+            self.check_python_target(release, _program_argv(release.command))
         self.report.findings.sort(key=lambda f: (f.level != "error", f.file != pf,
                                                  f.file, f.line or 0))
         return self.report
@@ -847,7 +853,7 @@ def measure_replica(project, settings, counts, ptype_name="web", ready_timeout=N
             steady_timeout=15.0):
     """Start one replica of ``ptype_name``, measure it, stop it. Returns the measure dict;
     raises RuntimeError(message) when it does not come up."""
-    from .launch import system_env
+    from .launch import process_env
     from .memory import make_backend
     from .testing import free_port
 
@@ -856,13 +862,8 @@ def measure_replica(project, settings, counts, ptype_name="web", ready_timeout=N
     port = free_port()
     name = f"{ptype_name}.1"
     with tempfile.TemporaryDirectory(prefix="dashscale-check-") as tmp:
-        env = dict(os.environ)
-        env.update(system_env(project.directory, settings.app_name))
-        env.update(project.env)
-        env.update({"PORT": str(port), "DASHSCALE_REPLICA": name, "PYTHONUNBUFFERED": "1",
-                    "XDG_RUNTIME_DIR": tmp})  # gunicorn's control socket: private
-        project.python_env.apply(env)  # the replicas' Python, as `start` runs them
-        env.update(project.extra_env)
+        # gunicorn's control socket in XDG_RUNTIME_DIR: private
+        env = process_env(project, settings.app_name, name, tmp, port)
         log_path = os.path.join(tmp, "replica.log")
         started = time.monotonic()
         with open(log_path, "wb") as log:
@@ -1013,6 +1014,9 @@ def print_text(report):
             click.echo(f"  {name.ljust(width)}  {command}")
     if report.python is not None:
         click.echo(f"python: {report.python.describe()}")
+    for step in report.release:
+        click.echo(f"release step {step['name']} ({step['source']}, runs {step['phase']} "
+                   f"the new replicas start): {step['command']}")
     m = report.measure
     if m and "skipped" in m:
         click.echo(f"--measure skipped: {m['skipped']}")

@@ -43,6 +43,12 @@ Kubernetes (``export k8s``)
   Procfile's directory and whose PATH has gunicorn.
 - ``-o DIR`` writes one file per object (``deployment-<name>-web.yaml`` …); no ``-o`` or
   ``-o -`` writes multi-document YAML on stdout.
+- Release steps (Procfile ``release:``, project.toml ``predeploy``/``postdeploy``) are
+  not Deployments: each becomes a Job ``<name>-<step>`` (same image, env and command,
+  restartPolicy Never, backoffLimit 0), a Job rather than an initContainer because a
+  release runs once per deploy, not in every pod at every restart. ``release`` and
+  ``predeploy`` must complete before the Deployments roll, ``postdeploy`` runs after:
+  the header and stderr say so (``kubectl apply`` alone does not order them).
 - Managed services (``--service``, else ``services`` in dashscale.ini, as for ``start``)
   are not dropped: ``redis`` becomes a Secret (random password), a Deployment
   (``redis:7 --requirepass --appendonly yes``, data on an emptyDir) and a Service
@@ -62,6 +68,7 @@ autorestart, stopasgroup/killasgroup, control on a unix socket (chmod 0700) and 
 ``[inet_http_server]``. Socket, pid file and logs live next to the config file
 (``%(here)s``). supervisord does not enforce memory limits: they appear as comments.
 Replicas bind 127.0.0.1 as locally; there is no proxy (each replica has its own port).
+Release steps are not programs: a comment gives each step's command and when to run it.
 A ``.env`` value supervisord's ``environment=`` syntax cannot carry (a newline, both
 kinds of quotes, a quote at either end, or ``;``/``#`` after a space) is an error.
 """
@@ -74,7 +81,7 @@ import click
 
 from .errors import RuntimeFailure, UsageError
 from .formation import format_formation, plan_replicas
-from .sizes import format_size
+from .sizes import DEFAULT_MEMORY_LIMIT, format_size
 from .supervisor import _is_compound, replica_command
 
 DEFAULT_IMAGE = "dashscale-app:latest"
@@ -369,24 +376,32 @@ def k8s_objects(project, counts, image=DEFAULT_IMAGE, app_name=None, port=CONTAI
 
     path = f"/{app_name}/" if app_name else "/"
     fixed_env = {"PORT": str(port), "PYTHONUNBUFFERED": "1", **_dash_prefix_env(app_name)}
-    for ptype in project.procfile.types.values():
-        labels = {**common, "process-type": dns_name(ptype.name)}
-        selector = {"app": base, "process-type": dns_name(ptype.name)}
-        limit = project.memory_limits[ptype.name]
-        command = resolve_port(replica_command(ptype.command, host="0.0.0.0"), port)
+
+    def make_container(name, command, limit, replica_env):
+        env = [{"name": k, "value": v} for k, v in fixed_env.items()] + [replica_env]
         container = {
-            "name": dns_name(ptype.name),
+            "name": dns_name(name),
             "image": image,
-            "command": command_argv(command),
-            "env": [{"name": k, "value": v} for k, v in fixed_env.items()] + [
-                {"name": "DASHSCALE_REPLICA",
-                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}] + [
-                dict(e) for e in service_env],
+            "command": command_argv(resolve_port(command, port)),
+            "env": env + [dict(e) for e in service_env],
             "resources": {"requests": {"memory": k8s_quantity(min(MEMORY_REQUEST, limit))},
                           "limits": {"memory": k8s_quantity(limit)}},
         }
         if env_from:
             container["envFrom"] = [dict(e) for e in env_from]
+        return container
+
+    jobs = release_jobs(project, names, common, make_container)
+    objects += [job for step, job in jobs if step.phase == "before"]
+    for type_name in project.type_names:
+        ptype = project.procfile.types[type_name]
+        labels = {**common, "process-type": dns_name(ptype.name)}
+        selector = {"app": base, "process-type": dns_name(ptype.name)}
+        container = make_container(
+            ptype.name, replica_command(ptype.command, host="0.0.0.0"),
+            project.memory_limits[ptype.name],
+            {"name": "DASHSCALE_REPLICA",
+             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
         if ptype.name == "web":
             container["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
             container["readinessProbe"] = {
@@ -422,7 +437,49 @@ def k8s_objects(project, counts, image=DEFAULT_IMAGE, app_name=None, port=CONTAI
     elif app_name:
         click.echo("dashscale: no 'web' process type: no Service or Ingress written",
                    err=True)
+    objects += [job for step, job in jobs if step.phase == "after"]
     return objects
+
+
+def release_jobs(project, names, common, make_container):
+    """[(step, Job)]: each release step as a Kubernetes Job run once, to completion (a
+    Job rather than an initContainer, which would run in every pod at every restart:
+    Heroku's release and DE's predeploy run once per deploy). Same image, env and
+    command as the replicas; restartPolicy Never and backoffLimit 0 (a failure fails the
+    deploy, it is not retried); resources as web's."""
+    limit = project.memory_limits.get("web", DEFAULT_MEMORY_LIMIT)
+    jobs = []
+    for step in project.release_steps:
+        name = names.get(step.name) or f"{common['app']}-{dns_name(step.name)}"
+        labels = {**common, "release-step": step.name}
+        container = make_container(step.name, step.command, limit,
+                                   {"name": "DASHSCALE_REPLICA", "value": step.name})
+        jobs.append((step, {
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "labels": labels,
+                         "annotations": {"dashscale/release-step": step.name,
+                                         "dashscale/source": step.source,
+                                         "dashscale/runs": RUNS[step.phase]}},
+            "spec": {"backoffLimit": 0,
+                     "template": {"metadata": {"labels": dict(labels)},
+                                  "spec": {"restartPolicy": "Never",
+                                           "containers": [container]}}}}))
+    return jobs
+
+
+RUNS = {"before": "to completion before the Deployments roll",
+        "after": "once the new Deployments are available"}
+
+
+def release_comment(project, base, names):
+    """Header lines (and the same on stderr) saying how to run the release Jobs."""
+    lines = []
+    for step in project.release_steps:
+        job = names.get(step.name) or f"{base}-{dns_name(step.name)}"
+        lines.append(f"# {step.name} ({step.source}): Job {job}, run once {RUNS[step.phase]}"
+                     f": kubectl apply the Job, then `kubectl wait --for=condition=complete "
+                     f"job/{job}` (a Job is immutable: delete it before the next deploy)")
+    return "".join(line + "\n" for line in lines)
 
 
 def to_yaml(obj):
@@ -561,6 +618,11 @@ def supervisord_conf(project, settings, counts, app_name=None):
              "[supervisorctl]",
              "serverurl = unix://%(here)s/supervisord.sock",
              ""]
+    for step in project.release_steps:  # supervisord has no one-shot step
+        when = "before starting" if step.phase == "before" else "once they serve, after"
+        lines += [f"; {step.name} ({step.source}) is a release step, not a program: run it "
+                  f"once, to completion, {when} the programs: {step.command}"
+                  .replace("\n", " "), ""]
     by_type = {}
     for spec in replicas:
         by_type.setdefault(spec.type, []).append(spec)
@@ -662,8 +724,12 @@ def export_k8s(procfile, formation, memory_limit, env_files, app_name, output, i
     objects = k8s_objects(project, counts, image=image, app_name=app_name, port=port,
                           services=services)
     base = _base_name(project, app_name)
+    names = _object_names(project, base)
+    release_text = release_comment(project, base, names)
     header = _header(project, counts, "k8s") + services_comment(
-        base, services, redis_object_name(project, base))
+        base, services, redis_object_name(project, base)) + release_text
+    for line in release_text.splitlines():
+        click.echo("dashscale: " + line.removeprefix("# "), err=True)
     written = write_k8s(objects, output, header)
     for path in written:
         click.echo(f"wrote {path}", err=True)

@@ -53,6 +53,15 @@ def parse_scale_file(text, path):
     return counts
 
 
+def unknown_type(name, type_names, file=None, line=None):
+    """The error for a formation (or limit) naming a type that runs no replicas."""
+    if name == "release":
+        return UsageError("'release' is a release step, not a process type: it runs once "
+                          "per deploy, to completion, and has no replicas to scale", file, line)
+    return UsageError(f"unknown process type {name!r} (Procfile has: {', '.join(type_names)})",
+                      file, line)
+
+
 def resolve_formation(type_names, *specs, pod_limit=DEFAULT_POD_LIMIT,
                       max_per_type=MAX_REPLICAS_PER_TYPE):
     """Counts for every type: 1 each, then ``specs`` in order (later wins).
@@ -64,8 +73,7 @@ def resolve_formation(type_names, *specs, pod_limit=DEFAULT_POD_LIMIT,
     for spec in specs:
         for name in spec:
             if name != "all" and name not in counts:
-                raise UsageError(f"unknown process type {name!r} "
-                                 f"(Procfile has: {', '.join(type_names)})")
+                raise unknown_type(name, type_names)
         if "all" in spec:
             counts = {name: spec["all"] for name in counts}
         counts.update((name, n) for name, n in spec.items() if name != "all")

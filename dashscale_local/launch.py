@@ -11,7 +11,7 @@ import os
 import re
 import time
 
-from . import rundir
+from . import release, rundir
 from .errors import UsageError
 from .formation import plan_replicas
 from .output import LogTail
@@ -65,7 +65,8 @@ def launch(project, settings, counts, out):
         app_name = settings.app_name
         # Without services to wait for, supervisord starts the replicas itself, as soon
         # as its loop first wakes (the runner's first connect): no start RPC round trip.
-        autostart = services is None
+        # Release steps run first: then the runner starts the replicas once they pass.
+        autostart = services is None and not release.before(project.release_steps)
         for spec in specs:
             write_replica_program(sup, project, spec, app_name, autostart)
         # Taken now: autostarted replicas may write before the runner looks.
@@ -111,21 +112,31 @@ def write_replica_program(sup, project, spec, app_name, autostart=False):
     """The replica's launcher script and supervisord program, from the Procfile command
     and the environment it runs with."""
     command = project.procfile.types[spec.type].command
-    env = dict(os.environ)
-    env.update(system_env(project.directory, app_name))
-    env.update(project.env)  # .env wins over DE's system variables
-    env.update({"PORT": str(spec.port), "DASHSCALE_REPLICA": spec.name,
-                "PYTHONUNBUFFERED": "1"})
-    project.python_env.apply(env)  # the app's venv first on PATH (gunicorn, python…)
     # A private runtime dir per replica: gunicorn ≥24 puts its control socket in
     # $XDG_RUNTIME_DIR (else ~/.gunicorn, shared by all replicas and clashing).
     runtime_dir = os.path.join(project.run_dir, "rt", spec.name)
     os.makedirs(os.path.dirname(runtime_dir), mode=0o700, exist_ok=True)  # rt/ too
     os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
-    env["XDG_RUNTIME_DIR"] = runtime_dir
-    env.update(project.extra_env)
+    env = process_env(project, app_name, spec.name, runtime_dir, spec.port)
     sup.write_program(spec.name, spec.type, command, _launcher_env(env), project.directory,
                       autostart, entry=project.pods.entry(sup.launch_dir, spec.name))
+
+
+def process_env(project, app_name, name, runtime_dir, port=None, dotenv=None):
+    """The environment of one of the app's processes (a replica, a release step, the
+    doctor's measured replica): ours, DE's system variables, .env (``dotenv``, default
+    the project's), dashscale's own variables, the app's Python environment and the
+    managed services' URLs. The one place that builds it."""
+    env = dict(os.environ)
+    env.update(system_env(project.directory, app_name))
+    env.update(project.env if dotenv is None else dotenv)  # wins over DE's variables
+    env.update({"DASHSCALE_REPLICA": name, "PYTHONUNBUFFERED": "1",
+                "XDG_RUNTIME_DIR": runtime_dir})
+    if port is not None:  # a release step serves nothing
+        env["PORT"] = str(port)
+    project.python_env.apply(env)  # the app's venv first on PATH (gunicorn, python…)
+    env.update(project.extra_env)
+    return env
 
 
 def system_env(directory, app_name):

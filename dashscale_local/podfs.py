@@ -78,8 +78,29 @@ class Pods:
             raise RuntimeFailure(f"cannot snapshot the app directory for the replicas: "
                                  f"{exc.strerror}: {exc.filename} (or run with --shared-fs)")
         self.deploy_id += 1
+        self.assign(types)
+
+    def assign(self, types):
+        """The latest deploy for the replicas of ``types`` written from now on (a deploy
+        is taken first, and assigned once its release steps pass)."""
+        if self.mode in (None, "shared"):
+            return
         self.current.update(dict.fromkeys(types, self.deploy_id))
         self._collect()
+
+    def step_dir(self, name):
+        """Where the release step ``name`` runs: a disk of its own, as a replica's (a copy
+        of the latest deploy, `../mount` beside it; gone with discard()); in shared mode
+        the user's directory."""
+        if self.mode in (None, "shared"):
+            return self.project_dir
+        pod = os.path.join(self.pods_dir, name)
+        _remove(pod)
+        os.makedirs(pod, mode=0o700)
+        os.symlink(self.mount, os.path.join(pod, "mount"))
+        self.assigned[name] = self.deploy_id  # kept while it runs
+        clone_tree(self._deploy_path(self.deploy_id), os.path.join(pod, "app"))
+        return os.path.join(pod, "app")
 
     def entry(self, launch_dir, name):
         """Write the replica's pod script (runs the launcher inside its own disk); its

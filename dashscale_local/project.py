@@ -5,11 +5,11 @@ one-line message before any process starts.
 """
 import os
 
-from . import rundir
+from . import release, rundir
 from .envfile import load_env_files
 from .errors import UsageError
 from .podfs import Pods
-from .formation import parse_formation, parse_scale_file, resolve_formation
+from .formation import parse_formation, parse_scale_file, resolve_formation, unknown_type
 from .procfile import load_procfile
 from .pyenv import missing_programs, resolve
 from .sizes import parse_limits
@@ -27,7 +27,8 @@ class Project:
         # Taken before reading: a save from here on shows as a different stamp.
         self.loaded_stamps = self.stamps()
         self.procfile = load_procfile(self.procfile_path)
-        self.type_names = list(self.procfile.types)
+        self.type_names = release.process_types(self.procfile)  # `release` is a step
+        self.release_steps = release.steps(self.procfile, self.directory)
         self.env_required = bool(env_files)
         self.env = load_env_files(self.env_files, required=self.env_required)
         if memory_limit is not None:
@@ -60,13 +61,15 @@ class Project:
         procfile = load_procfile(self.procfile_path)
         self.check_programs(procfile)
         env = load_env_files(self.env_files, required=self.env_required)
-        limits = parse_limits(self.limit_spec, list(procfile.types), self.limit_source)
+        limits = parse_limits(self.limit_spec, release.process_types(procfile),
+                              self.limit_source)
         return procfile, env, limits
 
     @property
     def watched_files(self):
         """The files whose edits the runner applies while running."""
-        return [self.procfile_path, self.scale_file, *self.env_files]
+        return [self.procfile_path, self.scale_file, *self.env_files,
+                os.path.join(self.directory, release.PROJECT_TOML)]
 
     def stamps(self):
         """{path: (inode, size, mtime) or None} of the watched files."""
@@ -93,11 +96,10 @@ class Project:
                         counts = parse_scale_file(f.read(), path)
                 except (OSError, UnicodeDecodeError) as exc:
                     raise UsageError(f"cannot read scale file: {exc}", file=path)
-                types = list(types if types is not None else self.procfile.types)
+                types = list(types if types is not None else self.type_names)
                 unknown = [k for k in counts if k != "all" and k not in types]
                 if unknown:
-                    raise UsageError(f"unknown process type '{unknown[0]}' (Procfile has: "
-                                     f"{', '.join(types)})", file=path)
+                    raise unknown_type(unknown[0], types, path)
                 return counts
         return {}
 

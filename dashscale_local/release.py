@@ -1,20 +1,29 @@
 """Release steps: one-shot commands of a deploy, not replicas.
 
 - Procfile ``release:`` (Heroku): runs once, to completion, before the web replicas
-  start and before every rolling change of code, command or ``.env``; a failure
-  blocks the change.
-- ``project.toml`` ``predeploy`` / ``postdeploy`` (Dash Enterprise 5): predeploy runs
-  with ``release``; postdeploy after the new replicas are up. Accepted at the top level
-  or under ``[scripts]`` or ``[deploy]``; the value is a command, or a script file in
-  the app directory (run with ``sh``).
+  start and before every deploy (roll) of code, command or ``.env``, never on a scale;
+  a failure blocks the change.
+- ``project.toml`` ``predeploy`` / ``postdeploy`` (Dash Enterprise 5, where predeploy
+  runs before the new containers start and postdeploy after the processes start,
+  before traffic): predeploy runs with ``release``; postdeploy once the new replicas
+  are up, and its failure is reported but undoes nothing (the new replicas stay).
+  Accepted at the top level or under ``[scripts]`` or ``[deploy]``; the value is a
+  command, or a script file in the app directory (run with ``sh``).
 
-Output goes to the terminal as ``release | …`` and to ``.dashscale/logs/release.log``.
-honcho and foreman instead stop everything when a ``release`` process exits; here it is
-a step, as on Heroku and Dash Enterprise.
+A step is not a process type: it has no replicas, no port block, no memory limit and
+no place in the formation (``-m release=1`` is refused). It runs with the environment
+the replicas get (launch.process_env, without PORT), on a disk of its own as theirs
+(podfs.Pods.step_dir: the deploy it precedes, ``../mount`` beside it). Output goes
+to the terminal as ``release | …`` (``predeploy | …``) and to
+``.dashscale/logs/<step>.log`` (``dashscale logs release``). honcho and foreman instead
+stop everything when a ``release`` process exits; here it is a step, as on Heroku and
+Dash Enterprise.
 """
 import os
 import shlex
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 
@@ -23,6 +32,7 @@ from .errors import UsageError
 RELEASE_TYPE = "release"
 PROJECT_TOML = "project.toml"
 TABLES = (None, "scripts", "deploy")
+READER_GRACE = 5.0  # s for the last output of a step that has exited
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,29 @@ class Step:
     command: str
     source: str     # "Procfile:3" or "project.toml"
     phase: str      # "before" (the new replicas start) or "after" (they serve)
+
+    def as_json(self):
+        return {"name": self.name, "command": self.command, "source": self.source,
+                "phase": self.phase}
+
+
+def process_types(procfile):
+    """The Procfile's process types that run as replicas: all but ``release``."""
+    names = [name for name in procfile.types if name != RELEASE_TYPE]
+    if not names:
+        raise UsageError("only a release step: no process type to run (add one, e.g. "
+                         "'web: gunicorn app:server')", file=procfile.path)
+    return names
+
+
+def before(steps):
+    """The steps that run before the new replicas start (release, predeploy)."""
+    return [s for s in steps if s.phase == "before"]
+
+
+def after(steps):
+    """The steps that run once the new replicas serve (postdeploy)."""
+    return [s for s in steps if s.phase == "after"]
 
 
 def steps(procfile, directory):
@@ -105,22 +138,45 @@ class Outcome:
         return f"{self.step.name} ({self.step.source}: {self.step.command}) {how}"
 
 
-def run(step, env, cwd, line, log_path=None):
+def run(step, env, cwd, line, log_path=None, started=None):
     """Run ``step`` to completion; every output line goes to ``line(name, text)`` and the
-    log. Blocking (call it from a thread)."""
+    log; ``started(proc)`` is called with the process once it runs (to stop it: stop()).
+    Blocking (call it from a thread)."""
     t0 = time.monotonic()
     log = open(log_path, "ab") if log_path else None
     try:
         proc = subprocess.Popen(["/bin/sh", "-c", step.command], cwd=cwd, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, process_group=0)
-        for raw in proc.stdout:
-            if log:
-                log.write(raw)
-                log.flush()
-            line(step.name, raw.decode("utf-8", "replace").rstrip("\r\n"))
+        if started:
+            started(proc)
+        reader = threading.Thread(target=_copy, args=(proc.stdout, step.name, line, log),
+                                  daemon=True)
+        reader.start()
+        # Exited but not reaped, so its group id is still ours: what it left running in
+        # the group (holding the output pipe, say) goes with it, as a release dyno's.
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        stop(proc, signal.SIGKILL)
         code = proc.wait()
+        reader.join(READER_GRACE)  # the rest of its output
     finally:
         if log:
             log.close()
     return Outcome(step, code, time.monotonic() - t0, time.time())
+
+
+def _copy(stream, name, line, log):
+    with stream:
+        for raw in stream:
+            if log and not log.closed:
+                log.write(raw)
+                log.flush()
+            line(name, raw.decode("utf-8", "replace").rstrip("\r\n"))
+
+
+def stop(proc, sig=signal.SIGTERM):
+    """Signal a running step's whole process group (its own: process_group=0)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -67,8 +67,8 @@ def parse_limits(spec, type_names, source="--memory-limit"):
                 raise UsageError(f"invalid item {item!r} (expected type=SIZE, e.g. web=2GiB)",
                                  source)
             if name != "all" and name not in limits:
-                raise UsageError(f"unknown process type {name!r} "
-                                 f"(Procfile has: {', '.join(type_names)})", source)
+                from .formation import unknown_type
+                raise unknown_type(name, type_names, source)
             if name in given:
                 raise UsageError(f"{name!r} is given twice", source)
             if not size:

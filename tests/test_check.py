@@ -152,7 +152,8 @@ def test_corpus(tmp_path, name):
     assert found(data, "warnings") == sorted(warnings, key=lambda w: (w[0], w[1] or 0, w[2]))
     assert found(data, "errors") == errors
     assert exit_code == code
-    assert set(data) == {"processes", "warnings", "errors", "python"}
+    assert set(data) == {"processes", "release", "warnings", "errors", "python"}
+    assert data["release"] == []  # release steps: none here
     for finding in data["warnings"] + data["errors"]:
         assert set(finding) >= {"file", "line", "message"} and finding["message"]
 
