@@ -179,10 +179,10 @@ class Pool:
         """End of a request on ``backend``: ok True (response relayed), False (a proxy-level
         failure of the replica), None (the client went away: nobody's fault)."""
         backend.inflight -= 1
+        if ok is not False and status >= 500:  # the replica's answer, read whole or not
+            backend.status_5xx += 1
         if ok:
             backend.served += 1
-            if status >= 500:
-                backend.status_5xx += 1
         elif ok is None:
             backend.aborted += 1
         else:

@@ -741,7 +741,9 @@ class Upstream(asyncio.Protocol):
             self._cancel_connect()
         else:
             self.transport.abort()
-        self.client.pool.release(self.backend, None, self.loop.time() - self.started)
+        # A 5xx head already relayed still counts as the replica's 5xx.
+        self.client.pool.release(self.backend, None, self.loop.time() - self.started,
+                                 self.status if self.head_sent else 200)
 
     def client_paused(self):
         """The client's socket buffer is full: stop reading the replica until it drains."""

@@ -30,7 +30,8 @@ def prepare(run_dir):
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         os.chmod(run_dir, 0o700)
         ignore = os.path.join(run_dir, ".gitignore")  # written each time: the write test
-        with open(ignore + ".tmp", "w") as f:
+        with open(os.open(ignore + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                  "w") as f:
             f.write("# dashscale's run directory: nothing here belongs in git\n*\n")
         os.replace(ignore + ".tmp", ignore)
     except OSError as exc:

@@ -72,16 +72,20 @@ def test_status_text_5xx_column_and_limits_over_ram(dashscale):
         assert exc.value.code == 500
     run.get("/")
 
-    def counted():  # the proxy counts a response once its replica connection has ended
+    # urllib raises on the 500's head and closes without reading its body: the proxy may
+    # count that request as aborted (the client went first), but its 5xx all the same.
+    def counted():
         stats = [r["proxy"] for r in run.status()["replicas"]]
-        return sum(s["status_5xx"] for s in stats) == 3 and sum(s["served"] for s in stats) == 4
-    wait_for(counted, 10, message=f"3 5xx and 4 served ({run.status()['replicas']})")
+        return sum(s["status_5xx"] for s in stats) == 3 and \
+            sum(s["served"] + s["aborted"] for s in stats) == 4
+    wait_for(counted, 10, message=f"3 5xx and 4 answered ({run.status()['replicas']})")
     text = run.cli("status").stdout.splitlines()
     header = next(line.split() for line in text if line.startswith("REPLICA"))
     assert header[-2:] == ["SERVED", "5XX"]
     rows = {line.split()[0]: line.split() for line in text if line.startswith("web.")}
     assert sum(int(rows[name][-1]) for name in ("web.1", "web.2")) == 3
-    assert sum(int(rows[name][-2]) for name in ("web.1", "web.2")) == 4
+    assert sum(int(rows[name][-2]) for name in ("web.1", "web.2")) == sum(
+        r["proxy"]["served"] for r in run.status()["replicas"])
     ram = format_size(psutil.virtual_memory().total)
     memory = next(line for line in text if line.startswith("memory "))
     assert memory.endswith(f"of max 2 TiB (pss) — the limits add up to more than this "
