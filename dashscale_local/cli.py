@@ -11,6 +11,7 @@ import click
 from . import rundir
 from .errors import RuntimeFailure, UsageError
 from .output import LogTail, Printer, last_lines
+from .proctree import wait_gone
 from .pyenv import save_python_env, saved_python_env
 from .sizes import format_size
 
@@ -265,7 +266,7 @@ def stop(procfile, timeout):
         _control(procfile, "POST", "/stop", timeout=10)
     except UsageError:
         runner_proc.terminate()  # socket gone but runner alive: signal it instead
-    if not rundir.wait_gone(runner_proc, timeout):
+    if not wait_gone(runner_proc, timeout):
         raise RuntimeFailure(f"runner (pid {runner_proc.pid}) did not stop in {timeout:g}s")
     click.echo("stopped")
 
