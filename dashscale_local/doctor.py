@@ -67,9 +67,10 @@ from importlib.machinery import PathFinder
 import click
 
 from . import appsource
+from .commands import gunicorn_args, is_compound
 from .errors import UsageError
 from .sizes import format_size
-from .supervisor import _gunicorn_args, _is_compound, launcher_script
+from .supervisor import launcher_script
 
 RECOMMENDED_WORKERS = (2, 4)
 PORT_MARKER = "59999"
@@ -282,7 +283,7 @@ class Doctor:
     def check_type(self, ptype):
         pf = self.report.procfile_path
         command = ptype.command
-        gargs = _gunicorn_args(command)
+        gargs = gunicorn_args(command)
         argv = _program_argv(command)
         if gargs is None and argv and os.path.basename(argv[0]) == "gunicorn":
             gargs = argv[1:]  # behind a wrapper (newrelic-admin run-program gunicorn …)
@@ -313,7 +314,7 @@ class Doctor:
             return True
         if prog.startswith("python") and len(argv) > 2 and argv[1] == "-m":
             return argv[2].split(".")[0] in PYTHON_SERVER_MODULES
-        if _is_compound(command):  # `cd x && gunicorn …`: look for a server anywhere
+        if is_compound(command):  # `cd x && gunicorn …`: look for a server anywhere
             return any(os.path.basename(w) in WSGI_SERVERS for w in _split(command))
         return False
 

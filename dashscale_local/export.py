@@ -72,10 +72,10 @@ import sys
 
 import click
 
+from .commands import is_compound, replica_command
 from .errors import RuntimeFailure, UsageError
 from .formation import format_formation, plan_replicas
 from .sizes import format_size
-from .supervisor import _is_compound, replica_command
 
 DEFAULT_IMAGE = "dashscale-app:latest"
 CONTAINER_PORT = 8050
@@ -123,14 +123,14 @@ def resolve_port(command, port):
 def command_argv(command):
     """The command as an argv: exec form when it is a plain argv, else through sh."""
     argv = None
-    if not _is_compound(command) and not SHELL_CHARS.search(command):
+    if not is_compound(command) and not SHELL_CHARS.search(command):
         try:
             argv = shlex.split(command)
         except ValueError:
             argv = None
     if argv and "=" not in argv[0]:
         return argv
-    return ["/bin/sh", "-c", command if _is_compound(command) else f"exec {command}"]
+    return ["/bin/sh", "-c", command if is_compound(command) else f"exec {command}"]
 
 
 def _dash_prefix_env(app_name):
