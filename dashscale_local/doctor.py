@@ -67,6 +67,7 @@ from importlib.machinery import PathFinder
 import click
 
 from . import appsource
+from .clickutil import handle_errors, procfile_option, python_option, python_setting
 from .commands import gunicorn_args, is_compound
 from .errors import UsageError
 from .sizes import format_size
@@ -1024,6 +1025,9 @@ def print_text(report):
 @click.option("--replicas", "replicas", is_flag=True,
               help="Live: compare what the running web replicas serve (layout, callbacks, "
                    "session cookies); exit 1 when they differ.")
+@procfile_option
+@python_option
+@handle_errors
 def check(procfile, as_json, measure, env_files, formation, memory_limit, replicas, python):
     """Check the Procfile and the app: errors and warnings with file and line.
     Exit 0 without errors, 2 with errors, 1 when --measure failed to run the app.
@@ -1075,13 +1079,3 @@ def check(procfile, as_json, measure, env_files, formation, memory_limit, replic
     else:
         print_text(report)
     sys.exit(exit_code)
-
-
-# Imported only now: cli.py imports this module at its end to register `check`, and under
-# `python -m dashscale_local.cli` that import re-runs cli.py, which must find `check`
-# already defined; so -f and the error handling are added to that same object.
-from .cli import handle_errors, procfile_option, python_option, python_setting  # noqa: E402
-
-check.callback = handle_errors(check.callback)
-procfile_option(check)
-python_option(check)

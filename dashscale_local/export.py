@@ -72,6 +72,7 @@ import sys
 
 import click
 
+from .clickutil import handle_errors, procfile_option
 from .commands import is_compound, replica_command
 from .errors import RuntimeFailure, UsageError
 from .formation import format_formation, plan_replicas
@@ -628,12 +629,6 @@ def _common(fn):
 @click.group()
 def export():
     """Write the formation as Kubernetes manifests or a supervisord config."""
-
-
-# Imported only now: cli.py imports this module at its end to register `export`, and
-# under `python -m dashscale_local.cli` that import re-runs cli.py, which must find the
-# group above already defined.
-from .cli import handle_errors, procfile_option  # noqa: E402
 
 
 @export.command("k8s")
