@@ -29,7 +29,7 @@ import click
 
 from . import control, rundir
 from .dash_client import DashApp, DashProtocolError, Session
-from .errors import RuntimeFailure, UsageError
+from .errors import RuntimeFailure, UsageError, exit_with
 
 DEFAULT_PLOT = "dashscale-bench.html"
 LATENCY_ONLY_BELOW_S = 0.05  # an ideal under this: report latency, no ratio
@@ -556,11 +556,9 @@ def bench(url, procfile, users, clicks, input_, sets, as_json, scaling, warmup, 
         code = _bench(url, procfile, users, clicks, input_, parse_sets(sets), as_json,
                       scaling, warmup, plot_path, callback_seconds, concurrency, timeout)
     except (UsageError, RuntimeFailure) as exc:
-        click.echo(f"dashscale: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        exit_with(exc)
     except KeyboardInterrupt:
-        click.echo("dashscale: bench interrupted", err=True)
-        sys.exit(130)
+        exit_with("bench interrupted", 130)
     sys.exit(code)
 
 

@@ -1,6 +1,5 @@
 """The `dashscale` command. Bad input → one line naming file/line/value, exit 2;
 runtime failure → exit 1."""
-import functools
 import json
 import os
 import sys
@@ -9,42 +8,12 @@ import time
 import click
 
 from . import rundir
+from .clickutil import handle_errors, procfile_option, python_option, python_setting
 from .errors import RuntimeFailure, UsageError
 from .output import LogTail, Printer, last_lines
+from .proctree import wait_gone
 from .pyenv import save_python_env, saved_python_env
 from .sizes import format_size
-
-
-def _fail(exc):
-    click.echo(f"dashscale: {exc}", err=True)
-    sys.exit(exc.exit_code)
-
-
-def handle_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (UsageError, RuntimeFailure) as exc:
-            _fail(exc)
-    return wrapper
-
-
-procfile_option = click.option("-f", "--procfile", default="Procfile", show_default=True,
-                               help="The Procfile; the run directory .dashscale/ is next to it.")
-
-
-python_option = click.option(
-    "--python", default=None, metavar="PATH",
-    help="The replicas' Python: a venv directory or a python executable (default: the "
-         "active VIRTUAL_ENV, else .venv/ or venv/ next to the Procfile, else dashscale's).")
-
-
-def python_setting(python):
-    """Settings overrides for --python (a path relative to where the command runs)."""
-    if python is None:
-        return {}
-    return {"python": os.path.abspath(os.path.expanduser(python))}
 
 
 def _run_dir(procfile):
@@ -285,7 +254,7 @@ def stop(procfile, timeout):
         _control(procfile, "POST", "/stop", timeout=10)
     except UsageError:
         runner_proc.terminate()  # socket gone but runner alive: signal it instead
-    if not rundir.wait_gone(runner_proc, timeout):
+    if not wait_gone(runner_proc, timeout):
         raise RuntimeFailure(f"runner (pid {runner_proc.pid}) did not stop in {timeout:g}s")
     click.echo("stopped")
 

@@ -71,9 +71,11 @@ from importlib.machinery import PathFinder
 import click
 
 from . import appsource
+from .clickutil import handle_errors, procfile_option, python_option, python_setting
+from .commands import gunicorn_args, is_compound
 from .errors import UsageError
 from .sizes import format_size
-from .supervisor import _gunicorn_args, _is_compound, launcher_script
+from .supervisor import launcher_script
 
 RECOMMENDED_WORKERS = (2, 4)
 PORT_MARKER = "59999"
@@ -292,7 +294,7 @@ class Doctor:
     def check_type(self, ptype):
         pf = self.report.procfile_path
         command = ptype.command
-        gargs = _gunicorn_args(command)
+        gargs = gunicorn_args(command)
         argv = _program_argv(command)
         if gargs is None and argv and os.path.basename(argv[0]) == "gunicorn":
             gargs = argv[1:]  # behind a wrapper (newrelic-admin run-program gunicorn …)
@@ -323,7 +325,7 @@ class Doctor:
             return True
         if prog.startswith("python") and len(argv) > 2 and argv[1] == "-m":
             return argv[2].split(".")[0] in PYTHON_SERVER_MODULES
-        if _is_compound(command):  # `cd x && gunicorn …`: look for a server anywhere
+        if is_compound(command):  # `cd x && gunicorn …`: look for a server anywhere
             return any(os.path.basename(w) in WSGI_SERVERS for w in _split(command))
         return False
 
@@ -1049,6 +1051,9 @@ def print_text(report):
 @click.option("--page", "pages", multiple=True, metavar="PATH",
               help="With --replicas: a page to render and compare on each replica "
                    "(repeatable; `/` and the pages the app links to are always compared).")
+@procfile_option
+@python_option
+@handle_errors
 def check(procfile, as_json, measure, env_files, formation, memory_limit, replicas, python,
           pages):
     """Check the Procfile and the app: errors and warnings with file and line.
@@ -1104,13 +1109,3 @@ def check(procfile, as_json, measure, env_files, formation, memory_limit, replic
     else:
         print_text(report)
     sys.exit(exit_code)
-
-
-# Imported only now: cli.py imports this module at its end to register `check`, and under
-# `python -m dashscale_local.cli` that import re-runs cli.py, which must find `check`
-# already defined; so -f and the error handling are added to that same object.
-from .cli import handle_errors, procfile_option, python_option, python_setting  # noqa: E402
-
-check.callback = handle_errors(check.callback)
-procfile_option(check)
-python_option(check)

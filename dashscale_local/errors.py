@@ -1,4 +1,6 @@
-"""Errors the CLI turns into exit codes: UsageError → 2, RuntimeFailure → 1."""
+"""Errors the CLI turns into exit codes: UsageError → 2, RuntimeFailure → 1, and the
+one way a command exits on them (exit_with)."""
+import sys
 
 
 class UsageError(Exception):
@@ -26,3 +28,10 @@ class RuntimeFailure(Exception):
     """Something failed while running (a replica never came up, supervisord died): exit 1."""
 
     exit_code = 1
+
+
+def exit_with(exc, code=None):
+    """`dashscale: <exc>` on stderr, then exit with ``code`` (default: the error's own
+    exit code, 2 for UsageError, 1 for RuntimeFailure)."""
+    print(f"dashscale: {exc}", file=sys.stderr, flush=True)
+    sys.exit(exc.exit_code if code is None else code)

@@ -79,10 +79,11 @@ import sys
 
 import click
 
+from .clickutil import handle_errors, procfile_option
+from .commands import is_compound, replica_command
 from .errors import RuntimeFailure, UsageError
 from .formation import format_formation, plan_replicas
 from .sizes import DEFAULT_MEMORY_LIMIT, format_size
-from .supervisor import _is_compound, replica_command
 
 DEFAULT_IMAGE = "dashscale-app:latest"
 CONTAINER_PORT = 8050
@@ -130,14 +131,14 @@ def resolve_port(command, port):
 def command_argv(command):
     """The command as an argv: exec form when it is a plain argv, else through sh."""
     argv = None
-    if not _is_compound(command) and not SHELL_CHARS.search(command):
+    if not is_compound(command) and not SHELL_CHARS.search(command):
         try:
             argv = shlex.split(command)
         except ValueError:
             argv = None
     if argv and "=" not in argv[0]:
         return argv
-    return ["/bin/sh", "-c", command if _is_compound(command) else f"exec {command}"]
+    return ["/bin/sh", "-c", command if is_compound(command) else f"exec {command}"]
 
 
 def _dash_prefix_env(app_name):
@@ -690,12 +691,6 @@ def _common(fn):
 @click.group()
 def export():
     """Write the formation as Kubernetes manifests or a supervisord config."""
-
-
-# Imported only now: cli.py imports this module at its end to register `export`, and
-# under `python -m dashscale_local.cli` that import re-runs cli.py, which must find the
-# group above already defined.
-from .cli import handle_errors, procfile_option  # noqa: E402
 
 
 @export.command("k8s")

@@ -7,7 +7,8 @@ Sans-IO: functions of log lines, shared by the runner (`start`, rolls) and `chec
 ``startsecs`` as 0 (BACKOFF/FATAL keep no status); its own log keeps the real one.
 """
 import re
-import shlex
+
+from .commands import runs_gunicorn
 
 # gunicorn's arbiter: a worker that cannot boot / load the app halts the master with
 # these exit codes; restarting it cannot help (the same import fails again).
@@ -35,16 +36,6 @@ _HALT_CODES = {"Worker failed to boot": 3, "App failed to load": 4,
 _FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+)')
 _SUPERVISORD_EXIT = re.compile(
     r" exited: (?P<name>\S+) \((?:exit status (?P<code>\d+)|terminated by (?P<sig>SIG\w+))")
-
-
-def runs_gunicorn(command):
-    """True when the Procfile command runs gunicorn (directly, behind a wrapper or
-    after `cd … &&`): its exit codes 3 and 4 mean what GUNICORN_EXIT says."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        words = command.split()
-    return any(w.rsplit("/", 1)[-1] == "gunicorn" for w in words)
 
 
 def this_run(lines, pid=None):

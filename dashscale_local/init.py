@@ -19,6 +19,7 @@ from typing import Optional
 import click
 
 from . import appsource
+from .clickutil import handle_errors
 from .errors import UsageError
 from .procfile import procfiles_below, shown_path
 
@@ -267,10 +268,7 @@ def run_init(procfile, force=False, echo=click.echo):
 @click.option("-f", "--procfile", default="Procfile", show_default=True,
               help="The Procfile to write; the app is searched for in its directory.")
 @click.option("--force", is_flag=True, help="Overwrite an existing Procfile.")
+@handle_errors
 def init(procfile, force):
     """Write a Procfile for the Dash app found here (web: gunicorn MODULE:server)."""
-    from .cli import _fail
-    try:
-        run_init(procfile, force)
-    except UsageError as exc:
-        _fail(exc)
+    run_init(procfile, force)

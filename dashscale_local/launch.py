@@ -11,7 +11,7 @@ import os
 import re
 import time
 
-from . import release, rundir
+from . import ports, release, rundir
 from .errors import UsageError
 from .formation import plan_replicas
 from .output import LogTail
@@ -41,10 +41,10 @@ def launch(project, settings, counts, out):
     host, port = settings.host, settings.port
     specs = plan_replicas(project.type_names, counts, settings.base_port)
     for spec in specs:
-        if rundir.port_in_use(spec.port):
+        if ports.port_in_use(spec.port):
             raise UsageError(f"port {spec.port} for {spec.name} is already in use "
                              "(another app? choose --base-port)")
-    listener = rundir.bind_listener(host, port)
+    listener = ports.bind_listener(host, port)
     sup = Supervisord(project.run_dir, {"startsecs": settings.startsecs,
                                         "startretries": settings.startretries,
                                         "stopwaitsecs": settings.stop_timeout})

@@ -10,12 +10,12 @@ installed dashscale (its own venv, pipx, the app's venv).
 import functools
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 
+from .commands import program_of
 from .errors import UsageError
 
 LOCAL_VENVS = (".venv", "venv")
@@ -24,13 +24,6 @@ PYTHON_FILE = "python.json"  # in the run directory, for `status`
 PACKAGES = {"waitress-serve": "waitress", "newrelic-admin": "newrelic",
             "ddtrace-run": "ddtrace", "opentelemetry-instrument": "opentelemetry-distro",
             "huey_consumer": "huey", "mod_wsgi-express": "mod_wsgi"}
-# Shell words that are not programs on PATH: `exec` is skipped, the others end the check
-# (a compound command such as `cd sub && gunicorn …` is left to the shell).
-SHELL_WORDS = {"cd", "export", "source", ".", "set", "if", "for", "while", "until", "case",
-               "test", "[", "true", "false", ":", "command", "eval", "trap", "ulimit",
-               "umask", "wait", "{", "(", "!", "builtin", "unset", "read", "echo", "printf"}
-
-
 @dataclass(frozen=True)
 class PythonEnv:
     python: str   # the interpreter, as found (a venv's python is a symlink: not resolved)
@@ -139,20 +132,6 @@ def resolve(directory, explicit=None, explicit_source="python", environ=None):
         if python:
             return PythonEnv(python, name, f"{name} next to the Procfile")
     return PythonEnv(sys.executable, "dashscale", "dashscale's own environment")
-
-
-def program_of(command):
-    """The program a Procfile command runs first (after VAR=value and `exec`), or None
-    when the shell decides (a builtin, a $VARIABLE, unparsable quoting)."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return None
-    while words and ("=" in words[0] and not words[0].startswith("-") or words[0] == "exec"):
-        words = words[1:]
-    if not words or words[0] in SHELL_WORDS or any(c in words[0] for c in "$`;&|()<>*?"):
-        return None
-    return words[0]
 
 
 def missing_programs(procfile, env, cwd):

@@ -7,16 +7,15 @@ process that merely reused a pid.
 """
 import json
 import os
-import signal
-import socket
-import time
 
-# psutil (~10 ms to import) is imported where a process is looked at: `start` passes
-# through here before it spawns supervisord, and start-up time is a benchmark.
-from .errors import RuntimeFailure, UsageError
+from .errors import UsageError
+from . import ports, proctree
+from .proctree import kill_group, same_process, stop_process
 
 RUN_DIR_NAME = ".dashscale"
 TOKEN_FILE = "dashboard-token"  # beyond loopback: the token state-changing dashboard requests need
+# The names runner.py calls them by; they live in proctree.py and ports.py.
+identity, port_in_use = proctree.identity, ports.port_in_use
 
 
 def run_dir_for(procfile_path):
@@ -93,30 +92,6 @@ def _unlink(path):
         pass
 
 
-def identity(pid):
-    """(pid, create_time) — a pid alone may have been reused by an unrelated process."""
-    import psutil
-    try:
-        return [pid, psutil.Process(pid).create_time()]
-    except psutil.Error:
-        return None
-
-
-def same_process(ident):
-    if not ident:
-        return None
-    import psutil
-
-    pid, created = ident
-    try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - created) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE:
-            return proc
-    except psutil.Error:
-        pass
-    return None
-
-
 def write_state(run_dir, state):
     tmp = state_path(run_dir) + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -164,89 +139,12 @@ def cleanup_stale(run_dir, timeout=10.0):
     for ident in (state.get("services") or {}).values():
         proc = same_process(ident)  # supervisord was gone: stop the server cleanly
         if proc is not None:
-            from .services import stop_process
             stop_process(proc, timeout)
             killed.append(proc.pid)
     for ident in state.get("replicas", {}).values():
         proc = same_process(ident)
-        if proc is None:
-            continue
-        try:
-            members = [proc] + proc.children(recursive=True)
-            os.killpg(proc.pid, signal.SIGKILL)  # replica = its own process group
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            members = [proc]
-        for member in members:
-            try:
-                member.kill()
-            except psutil.Error:
-                pass
-            killed.append(member.pid)
-        psutil.wait_procs(members, timeout=timeout)
+        if proc is not None:
+            killed += kill_group(proc, timeout)  # replica = its own process group
     for name in ("supervisor.sock", "control.sock", "state.json", TOKEN_FILE):
         _unlink(os.path.join(run_dir, name))
     return killed
-
-
-def bind_listener(host, port, what="proxy"):
-    """Bind the listening socket now, so a port in use is reported before anything starts."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise UsageError(f"{what} port {port} on {host} is not available: {exc.strerror}"
-                         " (choose another with --port)")
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-def port_in_use(port, host="127.0.0.1"):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def listen_port_range():
-    """(start, stop) of ports for servers we pick a port for: outside the kernel's
-    ephemeral range, so no outgoing connection (a client, the proxy) can take the port
-    between our check and the server's bind."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low, high = map(int, f.read().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999  # Linux's default
-    if low > 12000:
-        return 10000, low
-    return high + 1, 65000
-
-
-def free_listen_port(avoid=(), host="127.0.0.1", tries=200):
-    """A free port from listen_port_range(), not in ``avoid``."""
-    import random
-
-    start, stop = listen_port_range()
-    for _ in range(tries):
-        port = random.randrange(start, stop)
-        if port not in avoid and not port_in_use(port, host):
-            return port
-    raise RuntimeFailure("no free port found")
-
-
-def wait_gone(proc, timeout):
-    import psutil
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
-            return True
-        time.sleep(0.05)
-    return False
-
-

@@ -44,9 +44,10 @@ import time
 
 import psutil
 
-from . import rundir
 from .errors import RuntimeFailure, UsageError
 from .output import last_lines
+from .ports import choose_port
+from .proctree import identity, stop_pid, tree_memory
 
 HOST = "127.0.0.1"
 POSTGRES_GLOB = "/usr/lib/postgresql/*/bin"
@@ -69,17 +70,6 @@ def _read(path):
         return None
 
 
-def _port_free(port):
-    return not rundir.port_in_use(port, HOST)
-
-
-def choose_port(previous, avoid):
-    """The previous run's port if it is still free (stable URLs), else a free one."""
-    if previous and previous not in avoid and _port_free(previous):
-        return previous
-    return rundir.free_listen_port(avoid, HOST)
-
-
 def dir_bytes(path):
     """Disk usage of a directory tree, as du counts it (symlinks followed at the top)."""
     total = 0
@@ -90,57 +80,6 @@ def dir_bytes(path):
             except OSError:
                 pass
     return total
-
-
-def tree_memory(pid):
-    """Σ PSS over a process and its descendants (Σ RSS when PSS is unavailable)."""
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc] + proc.children(recursive=True)
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            info = p.memory_full_info()
-            total += getattr(info, "pss", 0) or info.rss
-        except psutil.Error:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-    return total
-
-
-def _stop_pid(pid, sig, names, timeout=30.0):
-    """Stop a leftover server of ours (from a run whose supervisord was killed)."""
-    try:
-        proc = psutil.Process(pid)
-        if not any(n in proc.name() for n in names):
-            return False
-        proc.send_signal(sig)
-        proc.wait(timeout)
-    except psutil.TimeoutExpired:
-        proc.kill()
-    except psutil.Error:
-        return False
-    return True
-
-
-def stop_process(proc, timeout=30.0):
-    """A recorded service process left by a dead run: its clean stop (PostgreSQL: SIGINT,
-    fast shutdown; Redis: SIGTERM, which saves), then SIGKILL."""
-    try:
-        sig = signal.SIGINT if "postgres" in proc.name() else signal.SIGTERM
-        proc.send_signal(sig)
-        proc.wait(timeout)
-    except psutil.TimeoutExpired:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    except psutil.Error:
-        pass
 
 
 class Service:
@@ -272,7 +211,7 @@ class Redis(Service):
     def stop_stale(self):
         pid = _read(self.pidfile)
         if pid and pid.isdigit():
-            _stop_pid(int(pid), signal.SIGTERM, self.process_names)
+            stop_pid(int(pid), signal.SIGTERM, self.process_names)
 
     def initialise(self):
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
@@ -396,7 +335,7 @@ class Postgres(Service):
     def stop_stale(self):
         pid = (_read(os.path.join(self.data_dir, "postmaster.pid")) or "").split("\n")[0]
         if pid.isdigit():
-            _stop_pid(int(pid), signal.SIGINT, self.process_names)
+            stop_pid(int(pid), signal.SIGINT, self.process_names)
 
     def initialise(self):
         if self.as_root:
@@ -643,7 +582,6 @@ class Services:
         return [s.as_json() for s in self.items]
 
     def identities(self):
-        from .rundir import identity
         return {s.name: identity(s.pid) for s in self.items if s.pid}
 
     def stop_leftovers(self, timeout=20.0):
@@ -660,5 +598,5 @@ class Services:
             except psutil.Error:
                 continue
             found.append(s.pid)
-            _stop_pid(s.pid, getattr(signal, "SIG" + s.stopsignal), s.process_names, timeout)
+            stop_pid(s.pid, getattr(signal, "SIG" + s.stopsignal), s.process_names, timeout)
         return found

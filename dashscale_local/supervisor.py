@@ -20,8 +20,9 @@ import sys
 import threading
 import time
 
+from .commands import is_compound, leading_assignment, replica_command, runs_gunicorn
 from .config import packaged_text
-from .failure import GUNICORN_EXIT, runs_gunicorn, supervisord_exit
+from .failure import GUNICORN_EXIT, supervisord_exit
 from .output import LogTail, last_lines
 from .errors import RuntimeFailure
 
@@ -45,67 +46,14 @@ def _die_with_parent():
         pass  # not Linux: stale-run cleanup still catches orphans
 
 
-def _is_compound(command):
-    """True when the command needs a shell of its own (so `exec` must not prefix it)."""
-    try:
-        lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
-        return any(tok and set(tok) <= set(";&|()<>") and tok not in ("<", ">", ">>")
-                   for tok in lexer)
-    except ValueError:
-        return True
-
-
-def _gunicorn_args(command):
-    """argv after the gunicorn program, or None when the command is not gunicorn."""
-    if _is_compound(command):
-        return None
-    try:
-        argv = shlex.split(command)
-    except ValueError:
-        return None
-    while argv and "=" in argv[0] and not argv[0].startswith("-"):
-        argv = argv[1:]  # leading VAR=value assignments
-    if not argv:
-        return None
-    prog = os.path.basename(argv[0])
-    if prog == "gunicorn":
-        return argv[1:]
-    if prog.startswith("python") and argv[1:3] == ["-m", "gunicorn"]:
-        return argv[3:]
-    return None
-
-
-def _leading_assignment(command):
-    try:
-        first = shlex.split(command)[0]
-    except (ValueError, IndexError):
-        return False
-    name, eq, _ = first.partition("=")
-    return bool(eq) and name.isidentifier()
-
-
-def has_bind(args):
-    return any(a in ("-b", "--bind") or a.startswith("--bind=") or
-               (a.startswith("-b") and not a.startswith("--")) for a in args)
-
-
-def replica_command(command, host="127.0.0.1"):
-    """The Procfile command as a replica runs it: gunicorn without a bind gets one on
-    loopback (with PORT set and no --bind, gunicorn would listen on 0.0.0.0)."""
-    args = _gunicorn_args(command)
-    if args is not None and not has_bind(args):
-        return f"{command} --bind {host}:$PORT"
-    return command
-
-
 def launcher_script(name, command, env):
     lines = [f"# dashscale launcher for {name}; generated, do not edit"]
     for key, value in env.items():
         lines.append(f"export {key}={shlex.quote(str(value))}")
     command = replica_command(command)
-    if _is_compound(command):
+    if is_compound(command):
         lines.append(command)
-    elif _leading_assignment(command):
+    elif leading_assignment(command):
         lines.append(f"exec env {command}")  # `exec VAR=1 cmd` is not valid sh
     else:
         lines.append(f"exec {command}")

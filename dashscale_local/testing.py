@@ -17,21 +17,19 @@ import uuid
 import psutil
 
 from . import control, rundir
+from .ports import free_listen_port, listen_port_range, port_free
+from .proctree import kill_all
 
 MARKER = "DASHSCALE_RUN_ID"
 
 
-def port_free(port, host="127.0.0.1"):
-    return not rundir.port_in_use(port, host)
-
-
 def free_port():
-    return rundir.free_listen_port()
+    return free_listen_port()
 
 
 def free_port_block(types=1, per_type=10, tries=200):
     """A base port whose replica ports (100 per type, +1 per replica) are all free."""
-    start, stop = rundir.listen_port_range()
+    start, stop = listen_port_range()
     for _ in range(tries):
         base = random.randrange(start, stop - 100 * types)
         ports = [base + 100 * t + i for t in range(types) for i in range(per_type)]
@@ -181,13 +179,7 @@ class Run:
         (pids; ``leftover_info`` describes them)."""
         procs = processes_with_marker(self.run_id)
         self.leftover_info = [describe_process(p) for p in procs]
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=10)
-        return [p.pid for p in procs]
+        return kill_all(procs, timeout=10)
 
     def replica(self, name):
         for r in self.status()["replicas"]:

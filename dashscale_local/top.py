@@ -16,8 +16,8 @@ import tty
 import click
 
 from . import control, rundir
-from .cli import procfile_option
-from .errors import RuntimeFailure, UsageError
+from .clickutil import procfile_option
+from .errors import RuntimeFailure, UsageError, exit_with
 from .sizes import format_size
 
 STATE_SGR = {"RUNNING": "32", "STARTING": "33", "STOPPING": "33", "BACKOFF": "31;1",
@@ -280,8 +280,7 @@ def top(procfile, once, interval):
     try:
         status = _fetch(socket_path)
     except (UsageError, RuntimeFailure) as exc:
-        click.echo(f"dashscale: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        exit_with(exc)
     if once or not (sys.stdin.isatty() and sys.stdout.isatty()):
         print_once(status)
         return

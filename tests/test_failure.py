@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from dashscale_local.failure import (cause, explain, load_failure, runs_gunicorn,
-                                     supervisord_exit, this_run)
+from dashscale_local.commands import runs_gunicorn
+from dashscale_local.failure import cause, explain, load_failure, supervisord_exit, this_run
 
 LOGS = os.path.join(os.path.dirname(__file__), "fixtures", "gunicorn_logs")
 GUNICORN = "gunicorn app:server --workers 2"

@@ -16,8 +16,9 @@ import zipfile
 
 import pytest
 
+from dashscale_local.commands import program_of
 from dashscale_local.errors import UsageError
-from dashscale_local.pyenv import PythonEnv, missing_programs, program_of, resolve
+from dashscale_local.pyenv import PythonEnv, missing_programs, resolve
 from dashscale_local.procfile import load_procfile
 from dashscale_local.testing import Run, processes_with_marker, wait_for
 
