@@ -37,6 +37,7 @@ class Project:
                                  else "memory_limit")
         self.memory_limits = parse_limits(self.limit_spec, self.type_names, self.limit_source)
         self.extra_env = {}  # e.g. REDIS_URL from managed services
+        self.checks = None   # checks.Checks from CHECKS, loaded by `start`
 
     def reread(self):
         """Parse the Procfile, env files and limits again, as a new (procfile, env,
@@ -49,7 +50,12 @@ class Project:
     @property
     def watched_files(self):
         """The files whose edits the runner applies while running."""
-        return [self.procfile_path, self.scale_file, *self.env_files]
+        return [self.procfile_path, self.scale_file, self.checks_file, *self.env_files]
+
+    @property
+    def checks_file(self):
+        from .checks import FILE_NAME
+        return os.path.join(self.directory, FILE_NAME)
 
     def stamps(self):
         """{path: (inode, size, mtime) or None} of the watched files."""
