@@ -8,11 +8,11 @@ DEBIAN_PACKAGES := redis-server postgresql chromium chromium-driver nginx-light 
 
 .PHONY: demo test test-fast bench fuzz-c system-deps clean
 
-# pip also builds dashscale_local/_http11_fast.c (the proxy's C fast path) in place.
-$(BIN)/.installed: setup.cfg setup.py pyproject.toml dashscale_local/_http11_fast.c
+# pip also builds dashscale_local/http11/_fast.c (the proxy's C fast path) in place.
+$(BIN)/.installed: setup.cfg setup.py pyproject.toml dashscale_local/http11/_fast.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[demo,test]'
 	@# pip byte-compiles what it installs, but not an editable project; with
 	@# PYTHONDONTWRITEBYTECODE set, every `dashscale start` would recompile it (~0.1 s).
 	$(BIN)/python -m compileall -q dashscale_local
@@ -39,8 +39,8 @@ test-fast: $(BIN)/.installed
 
 # Every benchmark, one after another (about 20 minutes; the soak alone is 10).
 BENCHMARKS := bench_startup.py bench_demo.py bench_proxy.py bench_proxy_instructions.py \
-	bench_memory_guard.py \
-	bench_reload.py bench_background.py bench_http11.py soak.py
+	bench_memory_guard.py bench_idle.py \
+	bench_reload.py bench_background.py bench_http11.py bench_podfs.py soak.py
 bench: $(BIN)/.installed system-deps
 	set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(BIN)/python benchmarks/$$b; done
 
@@ -52,7 +52,7 @@ fuzz-c: $(BIN)/.installed
 	set -e; d=$$(mktemp -d); \
 	inc=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
 	gcc -shared -fPIC -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
-	  -I$$inc dashscale_local/_http11_fast.c -o $$d/_http11_fast.so; \
+	  -I$$inc dashscale_local/http11/_fast.c -o $$d/_fast.so; \
 	PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0 \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-	  $(BIN)/python tests/fuzz_http11_fast.py $$d/_http11_fast.so 60; rm -rf $$d
+	  $(BIN)/python tests/fuzz_http11_fast.py $$d/_fast.so 60; rm -rf $$d

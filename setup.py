@@ -6,5 +6,5 @@ tests say which one is in use).
 """
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("dashscale_local._http11_fast",
-                             ["dashscale_local/_http11_fast.c"], optional=True)])
+setup(ext_modules=[Extension("dashscale_local.http11._fast",
+                             ["dashscale_local/http11/_fast.c"], optional=True)])

@@ -123,9 +123,7 @@ def full_exchange(raw: bytes, seconds: float) -> float:
             if ev.__class__ is Request:
                 req = ev
                 build_upstream_request(req, "127.0.0.1")
-        fast = http11.fast
-        if fast is not None and fast.client_response(
-                RESPONSE, req.method == b"HEAD", req.keep_alive, True, line, 65536):
+        if http11.client_response(RESPONSE, req, line, 65536):
             return
         rp = ResponseParser(req.method)
         for ev in rp.feed(RESPONSE):
@@ -137,7 +135,7 @@ def full_exchange(raw: bytes, seconds: float) -> float:
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 2.0
-    fast = http11.fast
+    fast = http11.accel.fast
     print("best of 5 runs, per CPU-second of this process; C = with http11's C fast path, "
           "Python = without (the anchor)")
     if fast is None:
@@ -152,9 +150,9 @@ def main() -> None:
     for label, fn, raw in cases:
         rates = []
         for accel in (fast, None):
-            http11.fast = accel
+            http11.accel.fast = accel
             rates.append(fn(raw, seconds))
-        http11.fast = fast
+        http11.accel.fast = fast
         c, py = rates
         print(f"{label:44s} {c:10,.0f} {py:13,.0f} {1e6 / c:6.2f} {1e6 / py:6.2f} "
               f"{c / py:5.1f}x")

@@ -20,7 +20,8 @@
    in a guard-only subprocess: its guard-thread CPU time and whole-process CPU time, as % of
    one core; goal <= 2 %. Scenarios: defaults far from the limit (8 GiB, the DE default),
    near the limit (Σ RSS above 80 % of it, Σ PSS well under: the cached-PSS bound at work),
-   rss metric, and the naive designs as anchors (smaps_rollup of every process every sweep;
+   the adaptive cadence the runner uses (idle_interval 1 s: a replica this far from its
+   limit is swept once a second), rss metric, and the naive designs as anchors (smaps_rollup of every process every sweep;
    psutil memory_full_info every sweep).
 
 Cache: PM2 is installed once into $DASHSCALE_BENCH_CACHE or ~/.cache/dashscale-bench/pm2.
@@ -278,6 +279,8 @@ def bench_pm2(tmp, cap, result):
 SCENARIOS = [  # label, guard kwargs, limit, share of --overhead-seconds
     ("defaults (pss, 8 GiB limits: far)", {}, 8 << 30, 1.0),
     ("pss near limit (ΣRSS>80%, PSS<50%)", {}, 150 * MiB, 1.0),
+    ("adaptive (dashscale: idle 1 s)", {"idle_interval": 1.0, "idle_refresh": 60.0},
+     8 << 30, 1.0),
     ("rss metric", {"metric": "rss"}, 8 << 30, 0.5),
     ("naive: smaps_rollup every sweep", {"exact_max_age": 0, "refresh": 0}, 8 << 30, 0.5),
     ("naive: psutil memory_full_info", {"backend": "psutil", "exact_max_age": 0, "refresh": 0},

@@ -119,8 +119,7 @@ class ControlAPI:
     # -- the schema ------------------------------------------------------------------
     def caps(self):
         settings = self.runner.settings
-        return {"max_per_type": int(float(settings.get("max_replicas_per_type", 10))),
-                "pod_limit": int(float(settings.get("pod_limit", 40)))}
+        return dict(settings.caps)
 
     def check_scale(self, body):
         """The validated ``formation`` of a scale request."""

@@ -432,7 +432,12 @@ def format_table(rows):
 
 def write_plot(rows, path, title="Click latency vs web replicas"):
     """Plot click p50/p95/max against replicas next to the ideal. Returns written paths."""
-    import plotly.graph_objects as go
+    try:
+        import plotly.graph_objects as go
+    except ImportError:  # the sample app's stack (`demo` extra), not a dependency
+        click.echo("dashscale bench: plot not written: plotly is not installed in "
+                   f"dashscale's environment ({sys.executable} -m pip install plotly)", err=True)
+        return []
     xs = [r["web_replicas"] for r in rows]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=xs, y=[r["ideal_s"] for r in rows], name="ideal",

@@ -3,7 +3,6 @@ runtime failure → exit 1."""
 import functools
 import json
 import os
-import re
 import sys
 import time
 
@@ -12,6 +11,7 @@ import click
 from . import rundir
 from .errors import RuntimeFailure, UsageError
 from .output import LogTail, Printer, last_lines
+from .pyenv import save_python_env, saved_python_env
 from .sizes import format_size
 
 
@@ -32,6 +32,19 @@ def handle_errors(fn):
 
 procfile_option = click.option("-f", "--procfile", default="Procfile", show_default=True,
                                help="The Procfile; the run directory .dashscale/ is next to it.")
+
+
+python_option = click.option(
+    "--python", default=None, metavar="PATH",
+    help="The replicas' Python: a venv directory or a python executable (default: the "
+         "active VIRTUAL_ENV, else .venv/ or venv/ next to the Procfile, else dashscale's).")
+
+
+def python_setting(python):
+    """Settings overrides for --python (a path relative to where the command runs)."""
+    if python is None:
+        return {}
+    return {"python": os.path.abspath(os.path.expanduser(python))}
 
 
 def _run_dir(procfile):
@@ -90,9 +103,13 @@ def main():
 @click.option("--service", "services", multiple=True, metavar="redis|postgres",
               help="Run a private Redis / PostgreSQL for the app (repeatable); injects "
                    "REDIS_URL / DATABASE_URL. Replaces dashscale.ini's `services`.")
+@click.option("--shared-fs", is_flag=True, default=None,
+              help="Run every replica in this directory (default: each in its own "
+                   "ephemeral copy of it, as Dash Enterprise pods, with ../mount shared).")
+@python_option
 @handle_errors
 def start(procfile, formation, env_files, host, port, base_port, memory_limit, on_limit,
-          memory_metric, balance, pod_limit, app_name, spread, services):
+          memory_metric, balance, pod_limit, app_name, spread, services, shared_fs, python):
     """Start the formation in the foreground (Ctrl-C stops everything)."""
     from .checks import load_checks
     from .config import load_settings
@@ -104,15 +121,9 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
     settings = load_settings(project_dir, {
         "host": host, "port": port, "base_port": base_port, "memory_limit": memory_limit,
         "on_limit": on_limit, "memory_metric": memory_metric, "balance": balance,
-        "pod_limit": pod_limit, "app_name": app_name,
-        "spread": None if spread is None else str(spread).lower(),
-        "services": ",".join(services) if services else None})
-    settings["services_source"] = "--service" if services else \
-        os.path.join(project_dir, "dashscale.ini")
-    if settings.get("app_name") and not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", settings["app_name"]):
-        raise UsageError(f"--app-name: invalid name {settings['app_name']!r} (lowercase letters, "
-                         "digits and hyphens, starting with a letter)")
-    settings.setdefault("balance", "round-robin")
+        "pod_limit": pod_limit, "app_name": app_name, "spread": spread,
+        "services": services or None, "shared_fs": True if shared_fs else None,
+        **python_setting(python)})
     project = Project(procfile, env_files, memory_limit, settings)
     project.checks = load_checks(project_dir)  # a bad CHECKS: exit 2, nothing started
     counts = project.formation(formation, settings)
@@ -121,13 +132,16 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
     if runner_proc is not None:
         raise UsageError(f"dashscale is already running here (pid {runner_proc.pid}); "
                          "use `dashscale status` or `dashscale stop`", file=run_dir)
+    project.check_programs()  # gunicorn missing from the app's venv: say so, start nothing
     rundir.prepare(run_dir)
     printer = Printer()
+    save_python_env(run_dir, project.python_env)
     killed = rundir.cleanup_stale(run_dir)
     if killed:
         printer.system(f"cleaned up a previous run that did not stop: killed pids "
                        f"{', '.join(map(str, killed))}")
     launched = launch(project, settings, counts, printer)
+    printer.system(f"python: {project.python_env.describe()}")  # once nothing can fail on input
     # The event-loop half (asyncio, the proxy, psutil…) is imported while supervisord starts.
     from .runner import Runner
     sys.exit(Runner(project, settings, counts, printer).run(launched))
@@ -140,11 +154,14 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
 def status(procfile, as_json):
     """Replicas, their state, memory and the proxy URL."""
     data = _control(procfile, "GET", "/status")
+    data.setdefault("python", saved_python_env(_run_dir(procfile)))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"proxy {data['proxy']['url']}  formation "
                + ",".join(f"{k}={v}" for k, v in data["formation"].items()))
+    if data["python"]:
+        click.echo(f"python {data['python']['path']} ({data['python']['why']})")
     rows = [("REPLICA", "STATE", "PID", "PORT", "READY", "MEMORY / LIMIT", "PEAK", "RESTARTS",
              "OOM", "SERVED", "5XX")]
     notes = []

@@ -135,6 +135,7 @@ class Report:
         self.processes = {}
         self.findings = []
         self.measure = None
+        self.python = None  # the replicas' Python environment (pyenv.PythonEnv)
 
     def add(self, level, code, file, line, message):
         self.findings.append(Finding(level, code, file, line, message))
@@ -151,6 +152,8 @@ class Report:
         data = {"processes": self.processes,
                 "warnings": [f.as_json() for f in self.warnings],
                 "errors": [f.as_json() for f in self.errors]}
+        if self.python is not None:
+            data["python"] = self.python.as_json()
         if self.measure is not None:
             data["measure"] = self.measure
         return data
@@ -266,6 +269,9 @@ class Doctor:
             self.add("warning", "no-web", pf, None,
                      "no 'web' process type: Dash Enterprise (and dashscale's proxy) routes "
                      "requests only to 'web'")
+        self.report.python = self.project.python_env
+        for line, message in self.project.missing_programs():
+            self.add("error", "command-not-installed", pf, line, message)
         for ptype in procfile.types.values():
             self.check_type(ptype)
         self.report.findings.sort(key=lambda f: (f.level != "error", f.file != pf,
@@ -503,10 +509,9 @@ class Doctor:
                      f"{shown_version} here): use '{receiver}.run('{how}")
 
     # -- modules --------------------------------------------------------------
-    @staticmethod
-    def find_module(module, roots):
+    def find_module(self, module, roots):
         """Path of ``module``'s source under ``roots``, "installed" when importable from
-        sys.path, None when not found."""
+        the replicas' Python environment, None when not found."""
         parts = module.split(".")
         if not all(p.isidentifier() for p in parts):
             return "installed"  # not a plain dotted name (gunicorn accepts some oddities)
@@ -518,7 +523,7 @@ class Doctor:
             if os.path.isdir(base) and len(parts) == 1:
                 return "installed"  # namespace package
         try:
-            if PathFinder.find_spec(parts[0], sys.path) is not None:
+            if PathFinder.find_spec(parts[0], self.project.python_env.sys_path()) is not None:
                 return "installed"
         except (ImportError, ValueError):
             pass
@@ -828,17 +833,16 @@ def measure_replica(project, settings, counts, ptype_name="web", ready_timeout=N
     from .testing import free_port
 
     ptype = project.procfile.types[ptype_name]
-    ready_timeout = float(ready_timeout or settings.get("ready_timeout", 60))
+    ready_timeout = ready_timeout or settings.ready_timeout
     port = free_port()
     name = f"{ptype_name}.1"
     with tempfile.TemporaryDirectory(prefix="dashscale-check-") as tmp:
         env = dict(os.environ)
-        env.update(system_env(project.directory, settings.get("app_name") or ""))
+        env.update(system_env(project.directory, settings.app_name))
         env.update(project.env)
-        bin_dir = os.path.dirname(sys.executable)
         env.update({"PORT": str(port), "DASHSCALE_REPLICA": name, "PYTHONUNBUFFERED": "1",
-                    "PATH": bin_dir + os.pathsep + env.get("PATH", os.defpath),
                     "XDG_RUNTIME_DIR": tmp})  # gunicorn's control socket: private
+        project.python_env.apply(env)  # the replicas' Python, as `start` runs them
         env.update(project.extra_env)
         log_path = os.path.join(tmp, "replica.log")
         started = time.monotonic()
@@ -988,6 +992,8 @@ def print_text(report):
         width = max(len(n) for n in procs)
         for name, command in procs.items():
             click.echo(f"  {name.ljust(width)}  {command}")
+    if report.python is not None:
+        click.echo(f"python: {report.python.describe()}")
     m = report.measure
     if m and "skipped" in m:
         click.echo(f"--measure skipped: {m['skipped']}")
@@ -1017,7 +1023,7 @@ def print_text(report):
 @click.option("--replicas", "replicas", is_flag=True,
               help="Live: compare what the running web replicas serve (layout, callbacks, "
                    "session cookies); exit 1 when they differ.")
-def check(procfile, as_json, measure, env_files, formation, memory_limit, replicas):
+def check(procfile, as_json, measure, env_files, formation, memory_limit, replicas, python):
     """Check the Procfile and the app: errors and warnings with file and line.
     Exit 0 without errors, 2 with errors, 1 when --measure failed to run the app.
     With --replicas: 0 when the running replicas agree, 1 when they do not."""
@@ -1035,7 +1041,8 @@ def check(procfile, as_json, measure, env_files, formation, memory_limit, replic
     report = Report(shown)
     try:
         path = os.path.abspath(procfile)
-        settings = load_settings(os.path.dirname(path), {"memory_limit": memory_limit})
+        settings = load_settings(os.path.dirname(path), {"memory_limit": memory_limit,
+                                                         **python_setting(python)})
         project = Project(path, env_files, memory_limit, settings)
         counts = project.formation(formation, settings) if measure else {}
     except UsageError as exc:
@@ -1072,7 +1079,8 @@ def check(procfile, as_json, measure, env_files, formation, memory_limit, replic
 # Imported only now: cli.py imports this module at its end to register `check`, and under
 # `python -m dashscale_local.cli` that import re-runs cli.py, which must find `check`
 # already defined; so -f and the error handling are added to that same object.
-from .cli import handle_errors, procfile_option  # noqa: E402
+from .cli import handle_errors, procfile_option, python_option, python_setting  # noqa: E402
 
 check.callback = handle_errors(check.callback)
 procfile_option(check)
+python_option(check)

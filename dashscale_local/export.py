@@ -55,7 +55,9 @@ supervisord (``export supervisord``)
 ------------------------------------
 A complete config for ``supervisord -c FILE`` (no dashscale needed): one
 ``[program:web.N]`` per replica in a ``[group:web]``, ports as ``start`` plans them
-(``--base-port``), environment PORT, DASHSCALE_REPLICA, PYTHONUNBUFFERED and ``.env``,
+(``--base-port``), environment PORT, DASHSCALE_REPLICA, PYTHONUNBUFFERED, ``.env``, and
+PATH/VIRTUAL_ENV with the replicas' Python environment first (as ``start``, resolved when
+exporting; a Kubernetes image brings its own environment, so ``k8s`` sets no PATH),
 autorestart, stopasgroup/killasgroup, control on a unix socket (chmod 0700) and no
 ``[inet_http_server]``. Socket, pid file and logs live next to the config file
 (``%(here)s``). supervisord does not enforce memory limits: they appear as comments.
@@ -82,7 +84,6 @@ MEMORY_REQUEST = 128 * 2**20  # Dash Enterprise's default request
 MANAGED_BY = "dashscale"
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 SECRET_KEY = re.compile(
     r"(SECRET|PASSWORD|PASSWD|PASSPHRASE|TOKEN|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|"
@@ -140,21 +141,16 @@ def _dash_prefix_env(app_name):
             "DASH_ROUTES_PATHNAME_PREFIX": prefix}
 
 
-def _check_app_name(app_name):
-    if app_name is not None and (len(app_name) > 63 or not DNS_1035.match(app_name)):
-        raise UsageError(f"invalid app name {app_name!r}: use lowercase letters, digits and "
-                         "'-', starting with a letter, at most 63 characters (as Dash "
-                         "Enterprise and Kubernetes require)", "--app-name")
-
-
 # ─── loading the project (as `start` does) ────────────────────────────────────────────
-def load(procfile, env_files, formation, memory_limit, base_port=None):
+def load(procfile, env_files, formation, memory_limit, base_port=None, app_name=None):
+    """(project, settings, counts); ``settings.app_name``: --app-name, else dashscale.ini's,
+    checked by the rule `start` uses (config.app_name)."""
     from .config import load_settings
     from .project import Project
 
     procfile = os.path.abspath(procfile)
-    settings = load_settings(os.path.dirname(procfile),
-                             {"memory_limit": memory_limit, "base_port": base_port})
+    settings = load_settings(os.path.dirname(procfile), {
+        "memory_limit": memory_limit, "base_port": base_port, "app_name": app_name})
     project = Project(procfile, env_files, memory_limit, settings)
     counts, source = formation_and_source(project, settings, formation)
     project.formation_source = source
@@ -273,7 +269,7 @@ def service_names(settings, extra=()):
     from .services import parse_names
     if extra:
         return parse_names(",".join(extra), "--service")
-    return parse_names(settings.get("services", ""), "dashscale.ini")
+    return list(settings.services)
 
 
 def services_comment(base, services, redis_name=None):
@@ -338,7 +334,6 @@ def redis_object_name(project, base):
 def k8s_objects(project, counts, image=DEFAULT_IMAGE, app_name=None, port=CONTAINER_PORT,
                 services=()):
     """The manifests as a list of dicts, in apply order."""
-    _check_app_name(app_name)
     base = _base_name(project, app_name)
     names = _object_names(project, base)
     for key in project.env:
@@ -530,12 +525,18 @@ def _supervisor_value(text, what, source):
 
 def supervisord_conf(project, settings, counts, app_name=None):
     """The text of a standalone supervisord.conf for the formation."""
-    _check_app_name(app_name)
-    replicas = plan_replicas(project.type_names, counts, int(settings["base_port"]))
+    replicas = plan_replicas(project.type_names, counts, settings.base_port)
     env_source = project.env_files[-1]
-    fixed_keys = {"PORT", "DASHSCALE_REPLICA", "PYTHONUNBUFFERED", *_dash_prefix_env(app_name)}
+    # The replicas' Python environment first on PATH, as `start` runs them (resolved now:
+    # the config is for this machine, as its directory is).
+    applied = project.python_env.apply({**os.environ, **project.env})
+    python_env = {k: applied[k] for k in ("PATH", "VIRTUAL_ENV") if k in applied}
+    fixed_keys = {"PORT", "DASHSCALE_REPLICA", "PYTHONUNBUFFERED", *_dash_prefix_env(app_name),
+                  *python_env}
     dotenv = [supervisor_env_value(k, str(v), env_source) for k, v in project.env.items()
               if k not in fixed_keys]  # dashscale's own variables win, as in `start`
+    dotenv += [supervisor_env_value(k, v, project.python_env.source)
+               for k, v in python_env.items()]
     lines = [_header(project, counts, "supervisord", ";").rstrip("\n"),
              "; Run it with: supervisord -c THIS_FILE   (in the foreground: add -n)",
              "; Control it:  supervisorctl -c THIS_FILE status | restart web:* | shutdown",
@@ -590,10 +591,10 @@ def supervisord_conf(project, settings, counts, app_name=None):
                 f"environment = {','.join(env)}",
                 "autostart = true",
                 "autorestart = true",
-                f"startsecs = {int(float(settings['startsecs']))}",
-                f"startretries = {int(float(settings['startretries']))}",
+                f"startsecs = {settings.startsecs}",
+                f"startretries = {settings.startretries}",
                 "stopsignal = TERM",
-                f"stopwaitsecs = {int(float(settings['stop_timeout']))}",
+                f"stopwaitsecs = {settings.stop_timeout}",
                 "stopasgroup = true",
                 "killasgroup = true",
                 "redirect_stderr = true",
@@ -651,12 +652,13 @@ def export_k8s(procfile, formation, memory_limit, env_files, app_name, output, i
                services):
     """Kubernetes manifests: a Deployment per process type, a Service (and with
     --app-name an Ingress) for web, .env as ConfigMap/Secret."""
-    _check_app_name(app_name)
-    project, _settings, counts = load(procfile, env_files, formation, memory_limit)
+    project, settings, counts = load(procfile, env_files, formation, memory_limit,
+                                     app_name=app_name)
+    app_name = settings.app_name or None
     warning = dev_server_warning(project)
     if warning:
         click.echo(warning, err=True)
-    services = service_names(_settings, services)
+    services = service_names(settings, services)
     objects = k8s_objects(project, counts, image=image, app_name=app_name, port=port,
                           services=services)
     base = _base_name(project, app_name)
@@ -677,9 +679,9 @@ def export_k8s(procfile, formation, memory_limit, env_files, app_name, output, i
 def export_supervisord(procfile, formation, memory_limit, env_files, app_name, output,
                        base_port):
     """A standalone supervisord config: run it with `supervisord -c FILE`."""
-    _check_app_name(app_name)
-    project, settings, counts = load(procfile, env_files, formation, memory_limit, base_port)
-    text = supervisord_conf(project, settings, counts, app_name)
+    project, settings, counts = load(procfile, env_files, formation, memory_limit, base_port,
+                                     app_name)
+    text = supervisord_conf(project, settings, counts, settings.app_name or None)
     if output in (None, "-"):
         sys.stdout.write(text)
         return

@@ -5,7 +5,8 @@
 supervisord's RUNNING, which is a timer), the proxy's passive signal (a refused or
 timed-out connect, a replica that stopped answering: ``Pool.on_connect_failure``), the
 active check (a TCP connect to each replica in rotation every ``interval`` s; 3 timeouts
-in a row or one refusal evict), and the runner's own decisions (a process gone, a
+in a row or one refusal evict; while no request comes it backs off, doubling after each
+round up to ``idle_interval``, since the runner sees an exit by itself), and the runner's own decisions (a process gone, a
 replica draining: out for good, whatever a late probe says).
 
 Its decisions are plain code over an injected clock, without I/O: ``due()`` says which
@@ -22,6 +23,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 from typing import Optional
+
+from .cadence import backoff_interval
 
 BOOTING, CHECKING, FAILED = "booting", "checking", "failed"
 IN, OUT, DOWN, LEAVING = "in", "out", "down", "leaving"
@@ -55,13 +58,17 @@ class Health:
     REPROBE_MIN, REPROBE_MAX = 0.02, 2.0    # back-off after it failed in rotation
     FALL_ON_TIMEOUT = 3
 
-    def __init__(self, pool, *, interval=2.0, clock=time.monotonic, host="127.0.0.1",
-                 on_change=None, on_checks_failed=None):
-        """on_change(name, pid, in_rotation): a replica came into rotation (it answered)
+    def __init__(self, pool, *, interval=2.0, idle_interval=None, clock=time.monotonic,
+                 host="127.0.0.1", on_change=None, on_checks_failed=None):
+        """interval: the active check's period (0: off); idle_interval: the longest it
+        backs off to while no request comes (None: no back-off).
+        on_change(name, pid, in_rotation): a replica came into rotation (it answered)
         or was taken out by a health signal; not called for down/removing/gone.
         on_checks_failed(name, pid, line): its CHECKS failed (the line of run_checks)."""
         self.pool = pool
-        self.interval = interval
+        self.interval = self.period = interval
+        self.idle_interval = interval if idle_interval is None else idle_interval
+        self._routed = None           # requests routed when the last round ran
         self.clock = clock
         self.host = host
         self.on_change = on_change or (lambda name, pid, in_rotation: None)
@@ -133,7 +140,8 @@ class Health:
                 probes.append(Probe(t.name, t.pid, t.port,
                                     "checks" if t.phase == CHECKING else "http"))
         if self.next_round is not None and now >= self.next_round:
-            self.next_round = now + self.interval
+            self.period = self._next_period()
+            self.next_round = now + self.period
             for t in self.targets.values():
                 if t.phase == IN and not t.busy:
                     t.busy = True
@@ -191,6 +199,15 @@ class Health:
         else:
             t.timeouts += 1
 
+    def _next_period(self):
+        """The base period while requests come (or are in flight); after a round with
+        none since the previous one, doubled, up to idle_interval."""
+        backends = self.pool.backends.values()
+        routed = sum(b.routed for b in backends)
+        busy = routed != self._routed or any(b.inflight for b in backends)
+        self._routed = routed
+        return backoff_interval(self.period, self.interval, self.idle_interval, busy)
+
     def next_due(self):
         """When due() has work next (clock time), or None."""
         times = [t.due for t in self.targets.values() if t.due is not None and not t.busy]
@@ -203,6 +220,7 @@ class Health:
         if self.interval <= 0 or not any(t.phase == IN for t in self.targets.values()):
             self.next_round = None
         elif self.next_round is None:
+            self.period = self.interval
             self.next_round = self.clock() + self.interval
 
     # -- queries ------------------------------------------------------------------

@@ -9,11 +9,9 @@ benchmark (benchmarks/bench_startup.py).
 import errno
 import os
 import re
-import sys
 import time
 
 from . import rundir
-from .config import number
 from .errors import UsageError
 from .formation import plan_replicas
 from .output import LogTail
@@ -38,24 +36,18 @@ class Launched:
 
 def launch(project, settings, counts, out):
     """Spawn supervisord for the formation ``counts``. Bad input raises UsageError
-    (exit 2) and leaves nothing running."""
-    from .memory import check_settings
-
+    (exit 2) and leaves nothing running. ``settings``: a checked config.Settings."""
     started = time.monotonic()
-
-    check_settings(settings, os.path.join(project.directory, "dashscale.ini"))
-    host, port = settings["host"], int(settings["port"])
-    base_port = int(settings["base_port"])
-    specs = plan_replicas(project.type_names, counts, base_port)
+    host, port = settings.host, settings.port
+    specs = plan_replicas(project.type_names, counts, settings.base_port)
     for spec in specs:
         if rundir.port_in_use(spec.port):
             raise UsageError(f"port {spec.port} for {spec.name} is already in use "
                              "(another app? choose --base-port)")
     listener = rundir.bind_listener(host, port)
-    sup = Supervisord(project.run_dir, {
-        "startsecs": int(number(settings, "startsecs")),
-        "startretries": int(number(settings, "startretries")),
-        "stopwaitsecs": int(number(settings, "stop_timeout"))})
+    sup = Supervisord(project.run_dir, {"startsecs": settings.startsecs,
+                                        "startretries": settings.startretries,
+                                        "stopwaitsecs": settings.stop_timeout})
     try:
         token = rundir.new_token(project.run_dir, host)
         if token:
@@ -69,7 +61,8 @@ def launch(project, settings, counts, out):
         for name in os.listdir(sup.programs_dir):
             os.unlink(os.path.join(sup.programs_dir, name))  # leftovers of a dead run
         services = _prepare_services(project, settings, sup, out)
-        app_name = settings.get("app_name") or ""
+        project.pods.prepare()  # each replica's own disk: the first deploy
+        app_name = settings.app_name
         # Without services to wait for, supervisord starts the replicas itself, as soon
         # as its loop first wakes (the runner's first connect): no start RPC round trip.
         autostart = services is None
@@ -101,14 +94,14 @@ def give_up(sup, exc, run_dir):
 def _prepare_services(project, settings, sup, out):
     """Managed services: binaries, data (initdb once), ports clear of the replicas'
     port blocks, and their URLs in every replica's environment."""
-    if not (settings.get("services") or "").strip():
+    if not settings.services:
         return None
     from .services import Services
 
     services = Services.from_settings(settings, project.run_dir, project.directory)
-    base_port = int(settings["base_port"])
+    base_port = settings.base_port
     blocks = range(base_port, base_port + 100 * (len(project.type_names) + 2))
-    services.prepare(avoid_ports={int(settings["port"]), *blocks}, out=out)
+    services.prepare(avoid_ports={settings.port, *blocks}, out=out)
     services.write_programs(sup)
     project.extra_env.update(services.env())
     return services
@@ -121,11 +114,9 @@ def write_replica_program(sup, project, spec, app_name, autostart=False):
     env = dict(os.environ)
     env.update(system_env(project.directory, app_name))
     env.update(project.env)  # .env wins over DE's system variables
-    bin_dir = os.path.dirname(sys.executable)
-    env.update({
-        "PORT": str(spec.port), "DASHSCALE_REPLICA": spec.name, "PYTHONUNBUFFERED": "1",
-        "PATH": bin_dir + os.pathsep + env.get("PATH", os.defpath),
-    })
+    env.update({"PORT": str(spec.port), "DASHSCALE_REPLICA": spec.name,
+                "PYTHONUNBUFFERED": "1"})
+    project.python_env.apply(env)  # the app's venv first on PATH (gunicorn, python…)
     # A private runtime dir per replica: gunicorn ≥24 puts its control socket in
     # $XDG_RUNTIME_DIR (else ~/.gunicorn, shared by all replicas and clashing).
     runtime_dir = os.path.join(project.run_dir, "rt", spec.name)
@@ -134,7 +125,7 @@ def write_replica_program(sup, project, spec, app_name, autostart=False):
     env["XDG_RUNTIME_DIR"] = runtime_dir
     env.update(project.extra_env)
     sup.write_program(spec.name, spec.type, command, _launcher_env(env), project.directory,
-                      autostart)
+                      autostart, entry=project.pods.entry(sup.launch_dir, spec.name))
 
 
 def system_env(directory, app_name):

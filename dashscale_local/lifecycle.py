@@ -11,7 +11,7 @@ See docs/lifecycle.md for the states, the transitions and how the runner drives 
 import enum
 import re
 import signal
-from dataclasses import dataclass, make_dataclass, replace
+from dataclasses import dataclass, fields, make_dataclass, replace
 from typing import Optional, Tuple
 
 from .failure import GUNICORN_EXIT
@@ -56,13 +56,8 @@ class Settings:
 
     @classmethod
     def from_mapping(cls, settings):
-        """From the runner's settings (strings from defaults.ini / dashscale.ini / CLI)."""
-        from .config import number
-        return cls(on_limit=settings.get("on_limit", "stop"),
-                   **{k: number(settings, k) for k in
-                      ("backoff_initial", "backoff_max", "backoff_reset", "stop_timeout")},
-                   spread=str(settings.get("spread", "false")).lower()
-                   in ("1", "true", "yes", "on"))
+        """From the runner's config.Settings (typed; its dict-style access serves too)."""
+        return cls(**{f.name: settings[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)

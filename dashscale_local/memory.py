@@ -1,9 +1,10 @@
 """Per-replica memory measurement and OOM-kill emulation (the "memory guard").
 
-A :class:`MemoryGuard` is a daemon thread that, every ``interval`` seconds (fixed-rate
-schedule), measures each watched replica over its whole process tree (gunicorn master,
-workers, and anything they spawn) and, when a replica reaches its limit, kills it the way
-the Kubernetes OOM killer kills a pod. It knows nothing about supervisord: the runner
+A :class:`MemoryGuard` is a daemon thread that, every ``interval`` seconds (up to
+``idle_interval`` s for a replica far below its limit: see "Cadence"), measures each
+watched replica over its whole process tree (gunicorn master, workers, and anything they
+spawn) and, when a replica reaches its limit, kills it the way the Kubernetes OOM killer
+kills a pod. It knows nothing about supervisord: the runner
 calls :meth:`~MemoryGuard.watch` when a replica starts, :meth:`~MemoryGuard.unwatch` when
 it stops, and reacts to ``on_kill`` (state OOMKILLED, exit 137, restart policy)::
 
@@ -21,7 +22,7 @@ API
 ``MemoryGuard(interval=0.25, metric="pss", on_kill=None, on_warning=None, before_kill=None,
 clock=time.monotonic, *, warn_fraction=0.8, rearm_fraction=0.7, before_kill_timeout=0.1,
 exact_max_age=5.0, refresh=10.0, backend="auto", display_reads=2, display_min_age=1.0,
-regroup_age=2.0)``
+regroup_age=2.0, idle_interval=None, max_growth=4 GiB, idle_refresh=None)``
 
 - ``watch(name, pid, limit_bytes)``: start (or, for a known name, restart) watching the tree
   rooted at ``pid``. Records the pid's start time (pid-reuse guard) and its process group
@@ -42,6 +43,8 @@ regroup_age=2.0)``
   (always exact, an upper bound of the others).
 - ``stats()``: ``{"sweeps", "cpu_s", "exact_reads", "kills", "errors"}``: the guard's own CPU
   time (thread CPU clock) for the overhead budget.
+- ``keep_fresh(seconds)``: someone looks at the figures (the dashboard polls): tree
+  readings every ``refresh`` s for that long; otherwise every ``idle_refresh`` s (if set).
 - ``stop()``: immediate (an ``Event`` wakes the sleeping thread); joins the thread.
 - ``on_kill(name, info)``: after the kill. ``info = {"pid", "memory_bytes", "peak_bytes",
   "limit_bytes", "metric", "time" (wall clock), "reaction_s" (from the start of the sweep
@@ -99,6 +102,18 @@ and ``smaps_rollup`` ("an exact reading") only when a decision needs it:
   10 replicas × 4 sweeps/s.
 - rss metric: every sweep is exact, no smaps at all.
 
+Cadence
+-------
+Each replica has its own next sweep (``cadence.guard_interval``): when its metric's upper
+bound could reach the limit at the earliest, growing at ``max(max_growth, 2 × its growth
+rate since its previous sweep)``, but not sooner than ``interval`` (0.25 s) nor later
+than ``idle_interval``. So the time from a crossing to the sweep that sees it stays within
+``interval`` for any growth up to ``max_growth`` (4 GiB/s by default; one thread faults
+pages in at ≈1.4 GiB/s here), and a replica far below its limit is swept every
+``idle_interval`` s (1 s in dashscale; an 8 GiB limit is 2 s away at 4 GiB/s). Replicas due within ``interval`` go along with the
+one that is due (one /proc scan per sweep). Without ``idle_interval`` every sweep is
+``interval`` apart, as before.
+
 Fallbacks: where ``smaps_rollup`` is missing (Linux < 4.14) exact readings sum
 ``/proc/PID/smaps`` (≈3× slower, same figures, ``source == "smaps"``); where a process's
 smaps cannot be read (another user) its RSS is counted (an over-estimate); without
@@ -131,6 +146,8 @@ import sys
 import threading
 import time
 
+from .cadence import guard_interval
+
 log = logging.getLogger(__name__)
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -142,33 +159,6 @@ DRIFT_BYTES, DRIFT_FRACTION = 1 << 20, 0.05  # display re-reads: see _refresh_di
 
 def _fmt(n):
     return f"{n / 1048576:.1f} MiB"
-
-
-def check_settings(settings, source="dashscale.ini"):
-    """Validate the memory settings up front (before anything starts): ``memory_metric``,
-    ``memory_interval``, ``on_limit`` and the back-off timings; raises UsageError (exit 2)."""
-    from .errors import UsageError
-
-    metric = settings.get("memory_metric", "pss")
-    if metric not in METRICS:
-        raise UsageError(f"memory_metric: {metric!r} is not one of {', '.join(METRICS)}", source)
-    policy = settings.get("on_limit", "stop")
-    if policy not in ("stop", "restart"):
-        raise UsageError(f"on_limit: {policy!r} is not one of stop, restart", source)
-    values = {}
-    for key, low in (("memory_interval", 0.01), ("backoff_initial", 0.0), ("backoff_max", 0.0),
-                     ("backoff_reset", 0.0)):
-        text = settings.get(key)
-        if text is None:
-            continue
-        try:
-            values[key] = value = float(text)
-        except (TypeError, ValueError):
-            raise UsageError(f"{key}: not a number: {text!r}", source) from None
-        if not value >= low or value != value or value == float("inf"):
-            raise UsageError(f"{key}: {text!r} must be a number of seconds >= {low:g}", source)
-    if values.get("backoff_max", 1) < values.get("backoff_initial", 0):
-        raise UsageError("backoff_max must be >= backoff_initial", source)
 
 
 # ─── backends: how to list pids, stat a process, and take an exact reading ────────────────
@@ -321,6 +311,8 @@ class _Replica:
         self.peak = 0
         self.warned = False
         self.regrouped = False  # members joined or left since the last tree reading
+        self.due = None  # clock time of its next sweep (None: at the next one)
+        self.swept = None  # (clock, bound) at its previous sweep: the growth rate
 
 
 class MemoryGuard(threading.Thread):
@@ -330,19 +322,23 @@ class MemoryGuard(threading.Thread):
                  before_kill=None, clock=time.monotonic, *, warn_fraction=0.8,
                  rearm_fraction=0.7, before_kill_timeout=0.1, exact_max_age=5.0,
                  refresh=10.0, backend="auto", display_reads=2, display_min_age=1.0,
-                 regroup_age=2.0):
+                 regroup_age=2.0, idle_interval=None, max_growth=4 << 30, idle_refresh=None):
         super().__init__(name="dashscale-memory-guard", daemon=True)
         if metric not in METRICS:
             raise ValueError(f"memory metric must be one of {', '.join(METRICS)}, not {metric!r}")
         if not interval > 0:
             raise ValueError("interval must be > 0")
         self.interval = float(interval)
+        self.idle_interval = max(self.interval, float(idle_interval or interval))
+        self.max_growth = max_growth
         self.requested_metric = metric
         self.on_kill, self.on_warning, self.before_kill = on_kill, on_warning, before_kill
         self.clock = clock
         self.warn_fraction, self.rearm_fraction = warn_fraction, rearm_fraction
         self.before_kill_timeout = before_kill_timeout
         self.exact_max_age, self.refresh = exact_max_age, refresh
+        self.idle_refresh = idle_refresh  # refresh while nobody looks (see keep_fresh)
+        self._fresh_until = None
         self.display_reads, self.display_min_age = display_reads, display_min_age
         self.regroup_age = regroup_age
         self._display_budget = display_reads
@@ -351,12 +347,14 @@ class MemoryGuard(threading.Thread):
         self._factor = 2 if self.metric == "uss" else 1
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
+        self._wake = threading.Event()  # watch() and stop() cut the wait short
         self._replicas = {}  # name -> _Replica (guarded by _lock)
         # guard-thread-only state:
         self._info = None  # pid -> (start, ppid, pgrp) for every live pid seen
         self._owner = {}  # member pid -> _Replica
         self._active = set()  # replicas handled by the previous sweep
         self._sweeps = self._exact_reads = self._kills = self._errors = 0
+        self._refresh = refresh
         self._cpu = 0.0
 
     def _effective_metric(self, metric):
@@ -385,6 +383,12 @@ class MemoryGuard(threading.Thread):
         rep = _Replica(name, pid, st.start, pid if st.pgrp == pid else None, limit_bytes)
         with self._lock:
             self._replicas[name] = rep
+        self._wake.set()  # its first reading now, not at the next scheduled sweep
+
+    def keep_fresh(self, seconds):
+        """Someone looks at the figures (a dashboard polls): re-read them every
+        ``refresh`` s, not ``idle_refresh`` s, for the next ``seconds``."""
+        self._fresh_until = self.clock() + seconds
 
     def unwatch(self, name):
         with self._lock:
@@ -408,35 +412,49 @@ class MemoryGuard(threading.Thread):
 
     def stop(self, timeout=5.0):
         self._stop_event.set()
+        self._wake.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout)
 
     # ─── the loop ───────────────────────────────────────────────────────────────────────
     def run(self):
-        nxt = self.clock()
         while not self._stop_event.is_set():
             c0 = _thread_time()
+            wait = 0.0
             try:
                 self.sweep()
-            except Exception:  # never die: log and carry on
+            except Exception:  # never die: log and carry on (not in a tight loop)
                 self._errors += 1
                 log.exception("memory guard: sweep failed")
+                wait = self.interval
             self._cpu += _thread_time() - c0
             self._sweeps += 1
-            now = self.clock()
-            nxt += self.interval
-            if nxt <= now:  # overran: skip the missed ticks, keep the phase
-                nxt += ((now - nxt) // self.interval + 1) * self.interval
-            self._stop_event.wait(nxt - now)
+            self._wake.wait(max(wait, self._until_due()))
+            self._wake.clear()
+
+    def _until_due(self):
+        """Seconds until the next replica is due (``idle_interval`` when none is watched)."""
+        with self._lock:
+            dues = [r.due for r in self._replicas.values()]
+        if not dues:
+            return self.idle_interval
+        if None in dues:
+            return 0
+        return max(0.0, min(dues) - self.clock())
 
     def sweep(self):
-        """One measurement/enforcement pass (the thread calls it every interval)."""
+        """One measurement/enforcement pass over the replicas that are due (those due
+        within ``interval`` go along, so their sweeps stay in phase)."""
         t0 = self.clock()
         with self._lock:
             reps = list(self._replicas.values())
         if not reps:
             self._info, self._owner, self._active = None, {}, set()
             return
+        looked_at = self._fresh_until is not None and t0 <= self._fresh_until
+        # nobody looks: the carried-forward figure (see snapshot()) is display enough
+        self._refresh = self.refresh if looked_at or self.idle_refresh is None \
+            else self.idle_refresh
         self._display_budget = self.display_reads
         current = set(reps)
         for gone in self._active - current:  # unwatched since the last sweep
@@ -446,11 +464,23 @@ class MemoryGuard(threading.Thread):
         self._active = current
         self._discover(reps)
         for rep in reps:
+            if rep.due is not None and rep.due > t0 + self.interval:
+                continue
             try:
                 self._measure(rep, t0)
             except Exception:
                 self._errors += 1
                 log.exception("memory guard: measuring %s failed", rep.name)
+            self._schedule(rep, t0)
+
+    def _schedule(self, rep, t0):
+        """Its next sweep: sooner the nearer (and the faster it grows towards) its limit."""
+        rate = 0.0
+        if rep.swept is not None and t0 > rep.swept[0]:
+            rate = (rep.bound - rep.swept[1]) / (t0 - rep.swept[0])
+        rep.swept = (t0, rep.bound)
+        rep.due = t0 + guard_interval(rep.limit - rep.bound, rate, self.interval,
+                                      self.idle_interval, self.max_growth)
 
     # ─── discovery ──────────────────────────────────────────────────────────────────────
     def _discover(self, reps):
@@ -566,7 +596,7 @@ class MemoryGuard(threading.Thread):
             need = (rep.exact is None or rep.bound >= limit
                     or (not rep.warned and rep.bound >= warn_at)
                     or (total >= warn_at and age >= self.exact_max_age)
-                    or (self.refresh is not None and age >= self.refresh)
+                    or (self._refresh is not None and age >= self._refresh)
                     or (rep.regrouped and age >= self.regroup_age))
             if need:
                 value = self._read_exact(rep)

@@ -8,8 +8,10 @@ import os
 from . import rundir
 from .envfile import load_env_files
 from .errors import UsageError
+from .podfs import Pods
 from .formation import parse_formation, parse_scale_file, resolve_formation
 from .procfile import load_procfile
+from .pyenv import missing_programs, resolve
 from .sizes import parse_limits
 
 SCALE_FILE = "DOKKU_SCALE"
@@ -30,19 +32,33 @@ class Project:
         self.env = load_env_files(self.env_files, required=self.env_required)
         if memory_limit is not None:
             self.limit_spec, self.limit_source = memory_limit, "--memory-limit"
-        else:  # dashscale.ini next to the Procfile, else conf/defaults.ini
-            self.limit_spec = (settings or {}).get("memory_limit")
-            ini = os.path.join(self.directory, "dashscale.ini")
-            self.limit_source = (f"{ini}: memory_limit" if _ini_sets(ini, "memory_limit")
-                                 else "memory_limit")
+        elif settings is not None:  # dashscale.ini next to the Procfile, else the default
+            self.limit_spec = settings.memory_limit
+            self.limit_source = settings.where("memory_limit")
+        else:
+            self.limit_spec, self.limit_source = None, "memory_limit"
         self.memory_limits = parse_limits(self.limit_spec, self.type_names, self.limit_source)
         self.extra_env = {}  # e.g. REDIS_URL from managed services
         self.checks = None   # checks.Checks from CHECKS, loaded by `start`
+        self.pods = Pods(self.directory, self.run_dir, settings or {})  # replicas' disks
+        self.python_env = resolve(self.directory, settings.python if settings else None,
+                                  settings.where("python") if settings else "python")
+
+    def missing_programs(self, procfile=None):
+        """(line, message) per Procfile type whose program the replicas' Python
+        environment lacks (gunicorn not installed in the app's venv…)."""
+        return missing_programs(procfile or self.procfile, self.python_env, self.directory)
+
+    def check_programs(self, procfile=None):
+        """UsageError (exit 2) naming the Procfile line of the first missing program."""
+        for line, message in self.missing_programs(procfile):
+            raise UsageError(message, file=self.procfile_path, line=line)
 
     def reread(self):
         """Parse the Procfile, env files and limits again, as a new (procfile, env,
         limits) triple; raises UsageError and changes nothing when any is bad."""
         procfile = load_procfile(self.procfile_path)
+        self.check_programs(procfile)
         env = load_env_files(self.env_files, required=self.env_required)
         limits = parse_limits(self.limit_spec, list(procfile.types), self.limit_source)
         return procfile, env, limits
@@ -105,20 +121,7 @@ class Project:
         """1 per type, then the saved formation, then each -m/-c spec (later wins)."""
         parsed = [parse_formation(s, source="-m") for s in specs if s]
         saved = self.saved_formation() if use_saved else {}
-        return resolve_formation(self.type_names, saved, *parsed,
-                                 pod_limit=int(settings["pod_limit"]),
-                                 max_per_type=int(settings["max_replicas_per_type"]))
-
-
-def _ini_sets(path, key):
-    """True if the project's dashscale.ini sets ``key`` (to name it in error messages)."""
-    import configparser
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read(path)
-        return parser.has_option("dashscale", key)
-    except configparser.Error:
-        return False
+        return resolve_formation(self.type_names, saved, *parsed, **settings.caps)
 
 
 def find_procfile(path=None):

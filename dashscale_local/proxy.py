@@ -1,107 +1,8 @@
 """The app's single URL: an asyncio L7 reverse proxy over the ready web replicas.
 
-I/O only: framing, validation and header rewriting live in ``http11`` (sans-IO, strict:
-see its docstring for every rejection). This module decides *when* bytes move.
-
-Requests
---------
-Per client connection, requests are handled one at a time in arrival order. A request
-body is buffered whole (≤ ``proxy_max_body``, else 413 — before any body byte is read
-when Content-Length says so) before a replica is chosen, so the forwarded request always
-carries a Content-Length that matches what the parser saw, and a request can be retried
-on another replica when the *connect* failed — never after any byte reached a replica
-(Dash callbacks are POSTs). Pipelined requests are parsed as they come; once one is
-complete and waiting, reading pauses until it is its turn (bounds memory per client).
-``Expect: 100-continue`` is answered by the proxy itself, and only when the request is
-the one being served (never in the middle of another response).
-
-Upstream connections: one per request, ``Connection: close`` (as nginx without an
-upstream ``keepalive`` block). Gunicorn's sync workers — the Procfile default — close
-every connection anyway, and a pooled idle connection that the replica closes at the
-moment it is reused is the classic race that forces either unsafe retries of POSTs or
-spurious 502s. Loopback connects are cheap (≈30 µs).
-
-Responses are streamed with back-pressure: a client that does not read pauses reading
-from the replica (``proxy_send_timeout`` then aborts both). A chunked or
-read-until-close upstream body is re-chunked for HTTP/1.1 clients. Every response carries
-``X-Dashscale-Replica``.
-
-Failures (what the client sees)
--------------------------------
-* no replica in rotation → 503 + ``Retry-After``; every replica tried refused the
-  connect (nothing reached any) → 503 + ``Retry-After`` too (safe to retry).
-* the replica closed/reset before a complete response head → 502 with a plain reason;
-  after the head → the client connection is aborted (a truncated body, as nginx does),
-  never a made-up ending.
-* no byte from the replica for ``proxy_read_timeout`` → 504 (or abort after the head).
-* request head not complete ``proxy_header_timeout`` after its first byte (or after
-  the connection opened) → 408 (slowloris); no body byte for ``proxy_body_timeout`` →
-  408; idle keep-alive connection → closed after ``proxy_keepalive_timeout``; a new
-  connection that never sent a byte → closed quietly after ``proxy_header_timeout``
-  (no 408 on a browser's pre-opened socket, as nginx).
-* more than ``proxy_max_connections`` open client connections → 503 and close.
-* the client closes (FIN or RST) while its request is in flight → the replica connection
-  is aborted and its slot freed at once (nginx's default, ``proxy_ignore_client_abort
-  off``; a client that half-closes after sending is treated as gone, as nginx does).
-
-Timers
-------
-No timer is created per request: every connection keeps a deadline (a float) and one
-sweeper per proxy checks them every ``min(timeouts)/4`` s (≤ 0.5 s, ≥ 0.02 s), so the
-hot path only stores ``loop.time()``. Timeouts fire within one sweep period.
-
-WebSocket
----------
-A ``GET`` with ``Upgrade: websocket`` is forwarded with ``Connection: Upgrade``; on 101
-both directions are tunnelled byte for byte with back-pressure both ways and half-close
-propagated; ``proxy_read_timeout`` applies as an idle timeout to the tunnel (as nginx).
-The replica's in-flight slot is released at the 101 (a tunnel is not a request: it does
-not hold up ``drain`` nor count for least-outstanding).
-
-Health
-------
-Passive: a failed connect takes the replica out of rotation (``Pool.connect_failed``)
-and the runner re-probes it with back-off. Active (``HealthChecker``, every
-``proxy_health_interval`` s, 0 = off): a TCP connect to each replica in rotation, not an
-HTTP request — a sync worker busy with a 2 s callback still completes TCP handshakes
-(the kernel queues them in the listen backlog), whereas an HTTP probe would either wait
-behind the callback or, with a short timeout, wrongly evict a busy replica. A refused
-connect evicts at once; a connect that times out (backlog full) evicts after 3 in a row.
-Without an owner for re-probing (standalone proxy), the checker re-probes failed backends
-itself with back-off (0.1 s doubling to 2 s).
-
-Speed (benchmarks/bench_proxy.py; profiled with py-spy, strace -c, perf, and valgrind
---tool=callgrind on the standalone proxy for a fixed number of requests — an
-instruction count per request that, unlike req/s on this shared 2-core machine, does not
-move with other load): per request the proxy makes about as many syscalls as nginx
-(≈13 vs 11: socket, connect, getsockopt, write ×2, read ×2, close, epoll…; uvloop adds
-getsockname, getpeername and TCP_NODELAY per connection) and spends as much system time
-(≈70-80 µs); the gap is user time. A bare 40-line httptools relay on uvloop, no checks,
-runs ≈87k user-space instructions per request. What is done about the rest:
-http11's C fast path (``_http11_fast.c``, see http11's docstring) parses a plain request
-head in one call, with the header lines to forward already filtered, and turns a whole
-plain response that arrives in one read straight into the bytes for the client
-(``Upstream.data_received``: no ResponseParser, no Response, no head builder); no Task
-per request — the ``create_connection`` coroutine is driven by hand from its future's
-done-callback (``Upstream._step``), so the connect syscall is made at once; no timer per
-request (the sweeper); a bodiless request that arrives whole goes straight to
-``_dispatch`` (no queue); the request (head + buffered body) is written from
-``connection_made`` (``writelines`` → one writev); byte-string replica names and client
-address precomputed; ``__slots__`` on the per-connection objects. In the Python path
-(anything the C path declines, or no compiler), CPython traps found with callgrind are
-avoided: ``bytes in bytes`` first tries the left operand as an int and raises+clears a
-TypeError, ``bytes.translate(None, chars)`` builds a 256-byte table per call,
-``startswith``/``find`` parse their arguments on every call, and httptools looks up every
-callback with ``getattr`` per parser (unused callbacks are ``None``). Callgrind, 2
-sequential clients: 189k instructions per request before that work, 165k in pure
-Python, 94k with the C fast path. Tried and measured as no gain: a C-level
-(map/compress/join) filter of response fields, tuning the cyclic GC (≈0.2 µs per
-request), raw non-blocking sockets with add_reader/add_writer instead of uvloop
-transports (slower), RST instead of FIN towards the replica, a regex for response heads
-(slower than llhttp), libuv without io_uring. What is left is spread thin: ≈850 bytecodes
-per request over ~25 functions, and uvloop's own per-connection work. Run standalone:
-``python -m dashscale_local.proxy --backend 127.0.0.1:5006 --backend 127.0.0.1:5007
---port 8050``.
+I/O only: framing, validation and header rewriting live in ``http11`` (sans-IO, strict).
+This module decides *when* bytes move. Design notes (requests, failures, timers,
+WebSocket, health, speed): docs/proxy.md.
 """
 import argparse
 import asyncio
@@ -112,9 +13,11 @@ import sys
 from http import HTTPStatus
 
 from . import http11
+from .config import PARSERS, Settings, load_settings
+from .errors import UsageError
+from .cadence import backoff_interval
 from .http11 import END, LAST_CHUNK, ProtocolError, Request, Response, encode_chunk
 
-MiB = 1024 * 1024
 LOCAL_PREFIX = b"/_dashscale/"  # served by the runner itself, never by the app
 
 
@@ -145,48 +48,29 @@ COUNTERS = ("connections", "connections_refused", "requests", "local_requests", 
             "upgrades")
 
 
-def _number(value, kind=float):
-    if isinstance(value, (int, float)):
-        return kind(value)
-    text = str(value).strip()
-    try:
-        return kind(float(text))
-    except ValueError:
-        from .sizes import parse_size
-        return kind(parse_size(text, "proxy setting"))
-
-
 class ProxySettings:
-    """Proxy settings (``proxy_*`` keys of conf/defaults.ini; seconds unless noted)."""
+    """The proxy's settings: the ``proxy_*`` fields of config.Settings (seconds unless
+    noted; defaults and checks there). Also takes a dict of ``proxy_*`` values, checked
+    the same way (tests, ``python -m dashscale_local.proxy --set``)."""
 
-    DEFAULTS = {
-        "proxy_max_body": 64 * MiB,          # bytes (sizes like 64MiB accepted); 413 above
-        "proxy_header_timeout": 10,          # whole request head, from its first byte
-        "proxy_body_timeout": 60,            # between two reads of a request body
-        "proxy_keepalive_timeout": 75,       # idle client connection between requests
-        "proxy_connect_timeout": 5,          # connect to a replica
-        "proxy_read_timeout": 300,           # between two reads from a replica (callbacks)
-        "proxy_send_timeout": 60,            # client not reading a response
-        "proxy_max_connections": 4096,       # open client connections
-        "proxy_retry_after": 1,              # Retry-After of a 503
-        "proxy_health_interval": 2,          # active TCP probe period, 0 = off
-    }
+    KEYS = tuple(k for k in PARSERS if k.startswith("proxy_"))
 
     def __init__(self, settings=None):
-        s = dict(self.DEFAULTS)
-        for key, value in (settings or {}).items():
-            if key in s and value is not None and value != "":
-                s[key] = value
-        self.max_body = _number(s["proxy_max_body"], int)
-        self.header_timeout = _number(s["proxy_header_timeout"])
-        self.body_timeout = _number(s["proxy_body_timeout"])
-        self.keepalive_timeout = _number(s["proxy_keepalive_timeout"])
-        self.connect_timeout = _number(s["proxy_connect_timeout"])
-        self.read_timeout = _number(s["proxy_read_timeout"])
-        self.send_timeout = _number(s["proxy_send_timeout"])
-        self.max_connections = _number(s["proxy_max_connections"], int)
-        self.retry_after = _number(s["proxy_retry_after"], int)
-        self.health_interval = _number(s["proxy_health_interval"])
+        if not isinstance(settings, Settings):
+            settings = load_settings(overrides={k: v for k, v in (settings or {}).items()
+                                                if k in self.KEYS and v != ""},
+                                     given_as=lambda key: f"proxy setting {key}")
+        self.max_body = settings.proxy_max_body                 # bytes; 413 above
+        self.header_timeout = settings.proxy_header_timeout     # whole head, from 1st byte
+        self.body_timeout = settings.proxy_body_timeout         # between two body reads
+        self.keepalive_timeout = settings.proxy_keepalive_timeout  # idle client connection
+        self.connect_timeout = settings.proxy_connect_timeout   # connect to a replica
+        self.read_timeout = settings.proxy_read_timeout         # between two replica reads
+        self.send_timeout = settings.proxy_send_timeout         # client not reading
+        self.max_connections = settings.proxy_max_connections   # open client connections
+        self.retry_after = settings.proxy_retry_after           # Retry-After of a 503
+        self.health_interval = settings.proxy_health_interval   # active probe period, 0 = off
+        self.health_idle_interval = settings.proxy_health_idle_interval  # idle: up to
         timeouts = (self.header_timeout, self.body_timeout, self.keepalive_timeout,
                     self.connect_timeout, self.read_timeout, self.send_timeout)
         self.sweep_interval = min(0.5, max(0.02, min(timeouts) / 4))
@@ -242,7 +126,7 @@ class Proxy:
                     open_tunnels=self.tunnels)
 
     def _sweep(self):
-        """Fire every deadline that passed (see "Timers" in the module docstring)."""
+        """Fire every deadline that passed (see "Timers" in docs/proxy.md)."""
         now = self.loop.time()
         for conn in list(self.connections):
             d = conn.deadline
@@ -690,26 +574,23 @@ class Upstream(asyncio.Protocol):
         parser = self.parser
         if parser is None:  # the first bytes of the response
             req = self.req
-            fast = http11.fast
-            if fast is not None and data.__class__ is bytes:
-                # The usual case, a whole plain response in one read, relayed in one C
-                # call: the same bytes as ResponseParser + _relay (tests/test_http11_accel.py).
-                label = self.backend.label
-                line = _REPLICA_LINES.get(label)
-                if line is None:
-                    line = _REPLICA_LINES[label] = b"%s: %s\r\n" % (_REPLICA_HEADER, label)
-                r = fast.client_response(data, req.method == b"HEAD", req.keep_alive,
-                                         req.http_version == "1.1", line, _MAX_RESPONSE_HEAD)
-                if r is not None:
-                    self.status, out = r
-                    self.keep_alive = req.keep_alive
-                    self.chunked = False
-                    self.head_sent = True
-                    client = self.client
-                    if not client.closing:
-                        client.transport.write(out)
-                    self._finish()
-                    return
+            # The usual case, a whole plain response in one read, relayed in one step
+            # (http11's C fast path): the same bytes as ResponseParser + _relay.
+            label = self.backend.label
+            line = _REPLICA_LINES.get(label)
+            if line is None:
+                line = _REPLICA_LINES[label] = b"%s: %s\r\n" % (_REPLICA_HEADER, label)
+            r = http11.client_response(data, req, line, _MAX_RESPONSE_HEAD)
+            if r is not None:
+                self.status, out = r
+                self.keep_alive = req.keep_alive
+                self.chunked = False
+                self.head_sent = True
+                client = self.client
+                if not client.closing:
+                    client.transport.write(out)
+                self._finish()
+                return
             parser = self.parser = http11.ResponseParser(req.method, _MAX_RESPONSE_HEAD)
         if self.kind == _READ:
             self.deadline = self.loop.time() + self.settings.read_timeout
@@ -964,7 +845,9 @@ class HealthChecker:
 
     def __init__(self, pool, settings):
         self.pool = pool
-        self.interval = settings.health_interval
+        self.interval = self.base = settings.health_interval
+        self.idle_cap = settings.health_idle_interval
+        self._routed = None
         self.timeout = min(settings.connect_timeout, max(self.interval, 0.5))
         self.task = None
         self.rounds = 0
@@ -991,10 +874,20 @@ class HealthChecker:
             await asyncio.sleep(max(0.0, wake - now))
             now = loop.time()
             if now >= next_check:
-                next_check = now + self.interval
                 await self.check_rotation()
+                self.interval = self.next_interval()
+                next_check = now + self.interval
             if self.pool.on_connect_failure is None:
                 await self.reprobe_failed(loop.time())
+
+    def next_interval(self):
+        """The base period while requests come; with an owner (the runner sees a replica's
+        exit by itself) and no request since the last round, doubled up to the idle cap."""
+        routed = sum(b.routed for b in self.pool.backends.values())
+        busy = (routed != self._routed or self.pool.on_connect_failure is None
+                or any(b.inflight for b in self.pool.backends.values()))
+        self._routed = routed
+        return backoff_interval(self.interval, self.base, self.idle_cap, busy)
 
     async def check_rotation(self):
         backends = list(self.pool.rotation)
@@ -1072,9 +965,13 @@ def main(argv=None):
     settings = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        if key not in ProxySettings.DEFAULTS:
+        if key not in ProxySettings.KEYS:
             ap.error(f"unknown setting {key}")
         settings[key] = value
+    try:
+        settings = ProxySettings(settings)
+    except UsageError as exc:
+        ap.error(str(exc))
     pool = Pool(args.balance)
     for i, spec in enumerate(args.backend, 1):
         host, _, port = spec.rpartition(":")
@@ -1101,7 +998,7 @@ def main(argv=None):
             loop.add_signal_handler(sig, stop.set)
         print(f"proxy on http://{args.host}:{args.port} → {len(args.backend)} backend(s), "
               f"{args.balance}, pid {os.getpid()}, HTTP heads parsed by "
-              f"{'the C fast path' if http11.fast else 'pure Python'}", flush=True)
+              f"{'the C fast path' if http11.accel.fast else 'pure Python'}", flush=True)
         await stop.wait()
         await proxy.close()
 

@@ -490,14 +490,16 @@ class DashscaleAppFactory:
         self.apps = []
 
     def __call__(self, cwd=None, procfile=None, formation=None, memory_limit=None,
-                 env=None, on_limit=None, args=(), wait=True, timeout=60):
+                 env=None, on_limit=None, args=(), wait=True, timeout=60, shared_fs=False):
         """Start `dashscale start` for the app in ``cwd`` (default: the test file's
         directory) and return a DashscaleApp.
 
         procfile: Procfile text (default: cwd's Procfile); formation: "web=2,worker=1";
         memory_limit: "512MiB" or "web=1GiB,worker=256MiB"; on_limit: "stop" (default,
         as Dash Enterprise) or "restart"; env: extra environment for the replicas;
-        args: more `dashscale start` options."""
+        shared_fs: run every replica in one directory (`--shared-fs`) instead of each
+        in its own disk (the default, as Dash Enterprise pods); args: more `dashscale
+        start` options."""
         source = os.path.abspath(str(cwd or self.default_cwd))
         if not os.path.isdir(source):
             raise ValueError(f"dashscale_app: no such directory: {source}")
@@ -511,6 +513,8 @@ class DashscaleAppFactory:
             options += ["--memory-limit", str(memory_limit)]
         if on_limit:
             options += ["--on-limit", on_limit]
+        if shared_fs:
+            options.append("--shared-fs")
         directory, cleanup = self._make_dir()
         _shadow(source, directory, skip_procfile=procfile is not None)
         for attempt in range(3):

@@ -19,8 +19,8 @@ import psutil
 
 from . import lifecycle, rundir
 from .balancer import Pool
+from .cadence import busy_interval
 from .checks import load_checks
-from .config import number
 from .errors import RuntimeFailure, UsageError
 from .failure import LOG_BYTES, cause, explain, load_failure, this_run
 from .formation import replica_port, resolve_formation, format_formation
@@ -33,7 +33,8 @@ from .output import LogTail, Printer, last_lines
 from .sizes import format_size
 
 FAILED_START_GRACE = 5.0  # s the other replicas get once one cannot load the app
-POLL_INTERVAL = 0.2       # s between two polls of supervisord (see Runner.poll_interval)
+TRANSITIONS = ("STARTING", "STOPPING", "BACKOFF")  # supervisord states the monitor polls fast
+MONITOR_FAST, TAIL_FAST, TAIL_IDLE = 0.2, 0.1, 0.5  # seconds; idle: monitor_idle_interval
 _EXITED = ("EXITED", "BACKOFF", "FATAL")
 
 
@@ -72,17 +73,19 @@ class Runner:
         self.counts = counts
         self.out = printer or Printer()
         self.run_dir = project.run_dir
-        self.host = settings["host"]
-        self.port = int(settings["port"])
-        self.base_port = int(settings["base_port"])
+        self.host = settings.host
+        self.port = settings.port
+        self.base_port = settings.base_port
         self.replicas = {}
-        self.pool = Pool(settings.get("balance", "round-robin"))
-        # Health owns the rotation: readiness, the proxy's passive signal, active checks.
-        self.health = Health(self.pool, interval=float(settings.get("proxy_health_interval", 2)),
+        self.pool = Pool(settings.balance)
+        # Health owns the rotation: readiness, the proxy's passive signal, active checks
+        # (backing off while no request comes, as the proxy's own checker would).
+        self.health = Health(self.pool, interval=settings.proxy_health_interval,
+                             idle_interval=settings.proxy_health_idle_interval,
                              on_change=self._health_changed,
                              on_checks_failed=self._checks_failed)
         self.health.checks = project.checks  # CHECKS gate every new web process
-        self.health.prefix = f"/{settings['app_name']}/" if settings.get("app_name") else ""
+        self.health.prefix = f"/{settings.app_name}/" if settings.app_name else ""
         self.health_driver = None
         self.lc = lifecycle.Settings.from_mapping(settings)
         self.lock = None
@@ -97,7 +100,7 @@ class Runner:
         self.started_at = time.time()
         self.created = time.monotonic()
         self.positions = {t: i for i, t in enumerate(project.type_names)}
-        self.app_name = settings.get("app_name") or ""
+        self.app_name = settings.app_name
         self.spread = self.lc.spread
         self.watcher = None
         self.startup_error = None  # raised once stopped (e.g. every replica OOMKilled idle)
@@ -106,6 +109,10 @@ class Runner:
         self.autostart = False     # supervisord started the first replicas by itself
         self.memory_history = None  # dashboard.MemoryHistory, sampled every second
         self.sup_died = False
+        self._activity = None        # when the monitor last saw a change (see poll_interval)
+        self._exits_watched = False  # a pidfd per supervised process wakes the monitor
+        self._pidfds = {}
+        self._monitor_wake = None
 
     # -- lifecycle -----------------------------------------------------------
     def run(self, launched):
@@ -134,7 +141,7 @@ class Runner:
         try:
             return asyncio.run(self.main())
         except KeyboardInterrupt:
-            self.sup.shutdown(number(self.settings, "stop_timeout") + 5, first=list(self.replicas))
+            self.sup.shutdown(self.settings.stop_timeout + 5, first=list(self.replicas))
             self._kill_all_now()
             return 1
 
@@ -156,7 +163,7 @@ class Runner:
             await asyncio.to_thread(self.sup.wait_up)
             if self.services:  # replicas start only once every service answers
                 await asyncio.to_thread(self.services.start, self.sup, self.out,
-                                        number(self.settings, "ready_timeout"))
+                                        self.settings.ready_timeout)
             self.out.system(f"starting {format_formation(self.counts)} from {self.project.procfile_path}")
             if not self.autostart:
                 now = time.monotonic()
@@ -165,8 +172,10 @@ class Runner:
                 await asyncio.to_thread(self.sup.start_many, list(self.replicas))
             self._save_state()
             self.guard = MemoryGuard(
-                interval=number(self.settings, "memory_interval"),
-                metric=self.settings["memory_metric"],
+                interval=self.settings.memory_interval,
+                idle_interval=self.settings.memory_idle_interval,
+                max_growth=self.settings.memory_max_growth, idle_refresh=60.0,
+                metric=self.settings.memory_metric,
                 before_kill=self._guard_before_kill,
                 on_kill=lambda name, info: loop.call_soon_threadsafe(self._oom_killed, name, info),
                 on_warning=lambda name, info: loop.call_soon_threadsafe(self._memory_warning, name, info))
@@ -176,7 +185,7 @@ class Runner:
             self.api = ControlAPI(self)  # the one control surface, behind both doors
             # The active health check is Health's: the proxy's own checker stays off.
             self.proxy = Proxy(self.pool, self.listener,
-                               dict(self.settings, proxy_health_interval=0),
+                               replace(self.settings, proxy_health_interval=0),
                                local_handler=self._local_request)
             self.proxy.root_is_local = bool(self.app_name)
             await self.proxy.start()
@@ -228,9 +237,10 @@ class Runner:
             # Services have the lowest priority: supervisord stops them after the replicas.
             extra = 40 if self.services else 0
             await asyncio.to_thread(self.sup.shutdown,
-                                    number(self.settings, "stop_timeout") + 5 + extra,
+                                    self.settings.stop_timeout + 5 + extra,
                                     list(self.replicas))
         self._kill_all_now()
+        self.project.pods.cleanup()
         if self.services:
             self.services.stop_leftovers()
             for s in self.services:
@@ -328,7 +338,7 @@ class Runner:
 
     def _ready_timeout(self):
         """How long a new replica may take to be ready: ready_timeout, plus its CHECKS."""
-        return number(self.settings, "ready_timeout") + self.health.checks_budget()
+        return self.settings.ready_timeout + self.health.checks_budget()
 
     @property
     def url(self):
@@ -337,12 +347,25 @@ class Runner:
 
     # -- the monitor: observe, decide (lifecycle), carry out ----------------------
     def poll_interval(self):
-        """Seconds between two polls of supervisord: the one knob for the cadence."""
-        return POLL_INTERVAL
+        """Seconds until the next poll of supervisord: MONITOR_FAST while anything starts,
+        stops or changes (and for 2 s after), else ``monitor_idle_interval`` — a
+        replica's exit wakes the monitor at once through its pidfd (without pidfds,
+        always fast)."""
+        idle = self.settings.monitor_idle_interval if self._exits_watched else MONITOR_FAST
+        return busy_interval(time.monotonic(), self._activity, MONITOR_FAST, idle)
 
     async def _monitor(self):
         """gunicorn's arbiter: one loop that polls supervisord, steps each replica's
-        state machine, ticks its timers, then sleeps until the next poll or deadline."""
+        state machine, ticks its timers, then sleeps until the next poll or deadline
+        (or until a supervised process exits)."""
+        self._activity = time.monotonic()
+        self._monitor_wake = asyncio.Event()
+        try:
+            await self._monitor_loop()
+        finally:
+            self._watch_exits(())
+
+    async def _monitor_loop(self):
         while True:
             try:
                 infos = await asyncio.to_thread(self.sup.all_info)
@@ -359,19 +382,69 @@ class Runner:
                 await asyncio.sleep(0.5)
                 continue
             exits = self.sup.exits()  # read after the poll: every exit it shows is logged
-            pids = {name: r.pid for name, r in self.replicas.items()}
+            seen = self._seen()
             for name, r in list(self.replicas.items()):
                 if name in infos:
                     self.observe(name, self._process_info(r, infos[name], exits.get(name)))
             for name in list(self.replicas):
                 self.observe(name)  # time-driven decisions only (back-off restarts)
-            changed = pids != {name: r.pid for name, r in self.replicas.items()}
+            changed = seen != self._seen()
             if self.services and self.services.update(infos, self.out):
                 changed = True
             if changed:
                 self._save_state()
             self._update_memory()
-            await asyncio.sleep(self._until_next_pass())
+            if changed or self.lock.locked() or \
+                    any(i["statename"] in TRANSITIONS for i in infos.values()):
+                self._activity = time.monotonic()
+            self._exits_watched = self._watch_exits(
+                {i["pid"] for i in infos.values() if i["pid"]})
+            await self._monitor_sleep(self._until_next_pass())
+
+    def _seen(self):
+        """What a poll can change: each replica's state and process."""
+        return {name: (r.state, r.pid) for name, r in self.replicas.items()}
+
+    async def _monitor_sleep(self, seconds):
+        try:
+            await asyncio.wait_for(self._monitor_wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            return
+        self._monitor_wake.clear()
+        self._activity = time.monotonic()  # an exit: poll fast until supervisord has seen it
+
+    def _poke(self):
+        """The runner started or stopped something: poll now, then fast, so the new
+        process is watched (pidfd) and a quick failure is seen before any retry."""
+        self._activity = time.monotonic()
+        if self._monitor_wake is not None:
+            self._monitor_wake.set()
+
+    def _watch_exits(self, pids):
+        """Keep one pidfd per supervised process (replicas, services), readable when it
+        exits; False where pidfds are unavailable (not Linux >= 5.3)."""
+        for pid in [p for p in self._pidfds if p not in pids]:
+            self._pidfd_exited(pid, wake=False)
+        for pid in pids:
+            if pid in self._pidfds:
+                continue
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:  # gone already: poll fast until supervisord says so
+                self._activity = time.monotonic()
+                continue
+            except (AttributeError, OSError):
+                return False
+            self._pidfds[pid] = fd
+            self.loop.add_reader(fd, self._pidfd_exited, pid)
+        return True
+
+    def _pidfd_exited(self, pid, wake=True):
+        fd = self._pidfds.pop(pid)
+        self.loop.remove_reader(fd)
+        os.close(fd)
+        if wake:
+            self._monitor_wake.set()
 
     def _until_next_pass(self):
         delay = self.poll_interval()
@@ -440,7 +513,11 @@ class Runner:
                     r.failure = None  # a failed replica gets a new chance
             else:
                 self._EFFECTS[type(e)](self, r, e)
-        return asyncio.ensure_future(asyncio.to_thread(self._supervise, calls)) if calls else None
+        if not calls:
+            return None
+        task = asyncio.ensure_future(asyncio.to_thread(self._supervise, calls))
+        task.add_done_callback(lambda _: self._poke())
+        return task
 
     def _supervise(self, calls):
         """StopProcess / StartProcess, in order, on a thread."""
@@ -547,6 +624,9 @@ class Runner:
     async def restart(self, target=None, rolling=False):
         async with self.lock:
             names = self._select(target)
+            if target not in self.replicas:  # not one pod's restart: a deploy of the tree
+                await self._deploy({self.replicas[n].type for n in names},
+                                   () if rolling else names)
             if rolling:  # grouped first: a roll replaces names, and may reuse them
                 by_type = {}
                 for name in names:
@@ -560,6 +640,13 @@ class Runner:
                         await calls
             self._event("restart", f"restarted {', '.join(names)}" + (" (rolling)" if rolling else ""))
             return names
+
+    async def _deploy(self, types, names=()):
+        """A new snapshot of the app tree (podfs) for the replicas of ``types`` started
+        from now on, and for ``names`` at their next spawn."""
+        await asyncio.to_thread(self.project.pods.deploy, types)
+        for name in names:
+            self.project.pods.entry(self.sup.launch_dir, name)
 
     def _select(self, target):
         if not target or target == "all":
@@ -604,8 +691,7 @@ class Runner:
     async def scale(self, spec):
         async with self.lock:
             counts = resolve_formation(self.project.type_names, self.counts, spec,
-                                       pod_limit=int(self.settings["pod_limit"]),
-                                       max_per_type=int(self.settings["max_replicas_per_type"]))
+                                       **self.settings.caps)
             added = await self._apply_counts(counts)
             self.counts = counts
             self.project.save_formation(counts)
@@ -653,11 +739,12 @@ class Runner:
                 raise RuntimeFailure(f"port {spec.port} for {spec.name} is in use")
         new = [self._new_replica(spec) for spec in specs]
         await asyncio.to_thread(self._add_and_start, [r.name for r in new])
+        self._poke()
         return new
 
     async def _remove_replica(self, r):
         """Drain (no new requests; in-flight ones finish within the grace), then stop."""
-        grace = number(self.settings, "stop_timeout")
+        grace = self.settings.stop_timeout
         self.observe(r.name, Removing())
         self.health.removing(r.name)
         drained = await self.pool.drain(r.name, grace)
@@ -666,6 +753,7 @@ class Runner:
         if self.guard:
             self.guard.unwatch(r.name)
         await asyncio.to_thread(self.sup.remove, r.name)
+        self.project.pods.discard(r.name)
         self.health.gone(r.name)
         self.replicas.pop(r.name, None)
         self._tails.pop(r.name, None)
@@ -701,8 +789,7 @@ class Runner:
             try:
                 procfile, env, limits = self.project.reread()
                 types = list(procfile.types)
-                caps = dict(pod_limit=int(self.settings["pod_limit"]),
-                            max_per_type=int(self.settings["max_replicas_per_type"]))
+                caps = self.settings.caps
                 counts = {t: self.counts.get(t, 1) for t in types}
                 # A deleted scale file says nothing: keep the formation as it is.
                 scale_changed = self.project.scale_file in paths and \
@@ -730,6 +817,14 @@ class Runner:
                 or limits[t] != self.limits.get(t))]
             if not removed and not changed and counts == self.counts:
                 return True  # saved with the same content
+            new_types = [t for t in types if t not in old]
+            if changed or new_types:  # what is rolled or added runs the tree as it is now
+                try:
+                    await self._deploy(changed + new_types)
+                except RuntimeFailure as exc:
+                    self.out.system(f"reload: {exc} — nothing changed")
+                    self._event("reload-error", str(exc))
+                    return False
             self.project.procfile, self.project.type_names, self.project.env = procfile, types, env
             self.limits = limits
             for t in types:
@@ -800,14 +895,17 @@ class Runner:
             "runner_pid": os.getpid(),
             "supervisord_pid": self.sup.process.pid if self.sup and self.sup.process else None,
             "replicas": replicas,
+            # Each replica's own view of the app directory (overlay or copy), ../mount
+            # shared; or "shared": every replica in the user's directory (--shared-fs).
+            "filesystem": self.project.pods.status(),
             # Apart from the replicas, as Dash Enterprise's managed Redis/Postgres: their
             # memory is not in memory.total_bytes / max_bytes.
             "services": self.services.status() if self.services else [],
             "memory": {"total_bytes": sum(r.memory_bytes for r in self.replicas.values()),
                        "max_bytes": sum(r.memory_limit for r in self.replicas.values()),
                        "metric": (self.guard.metric if self.guard  # pss falls back to rss
-                                  else self.settings["memory_metric"]),
-                       "on_limit": self.settings["on_limit"]},
+                                  else self.settings.memory_metric),
+                       "on_limit": self.settings.on_limit},
             "events": self.events[-50:],
             "proxy_stats": self.proxy.stats() if self.proxy else {},
         }
@@ -841,17 +939,26 @@ class Runner:
 
     # -- logs ----------------------------------------------------------------
     async def _tail_logs(self):
+        """Print the replicas' new log lines: every 0.1 s while lines come or the monitor
+        sees changes, else every 0.5 s."""
+        last_line = None
         while True:
             for r in list(self.replicas.values()) + list(self.services or ()):
-                self._tail_once(r)
-            await asyncio.sleep(0.1)
+                if self._tail_once(r):
+                    last_line = time.monotonic()
+            now = time.monotonic()
+            await asyncio.sleep(min(busy_interval(now, last_line, TAIL_FAST, TAIL_IDLE),
+                                    busy_interval(now, self._activity, TAIL_FAST, TAIL_IDLE)))
 
     def _tail_once(self, r):
+        """Print what was added to r's log; returns how many lines."""
         tail = self._tails.get(r.name)
         if tail is None:
             tail = self._tails[r.name] = LogTail(self.sup.log_path(r.name), from_start=True)
-        for line in tail.read_lines():
+        lines = tail.read_lines()
+        for line in lines:
             self.out.line(r.name, line)
+        return len(lines)
 
 
 def _shown(path):

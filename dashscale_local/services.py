@@ -542,8 +542,7 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings, run_dir, project_dir):
-        source = settings.get("services_source") or "services"
-        return cls(parse_names(settings.get("services", ""), source), run_dir, project_dir)
+        return cls(settings.services, run_dir, project_dir)  # names checked by config
 
     def locate(self):
         for s in self.items:

@@ -196,11 +196,13 @@ class Supervisord:
                 self._exits[parsed[0]] = parsed[1:]
         return self._exits
 
-    def write_program(self, name, type_, command, env, directory, autostart=False):
+    def write_program(self, name, type_, command, env, directory, autostart=False, entry=None):
+        """``entry``: a script supervisord runs instead of the launcher, which execs the
+        launcher in the end (podfs: the replica's own disk)."""
         launcher = os.path.join(self.launch_dir, f"{name}.sh")
         _write_private(launcher, launcher_script(name, command, env))
         text = packaged_text("program.conf.tmpl").format(
-            name=name, type=type_, launcher=shlex.quote(_escape(launcher)),
+            name=name, type=type_, launcher=shlex.quote(_escape(entry or launcher)),
             directory=_escape(directory), run_dir=_escape(self.run_dir),
             umask=f"{self.user_umask:03o}", autostart=str(autostart).lower(),
             exitcodes=",".join(map(str, [0, *GUNICORN_EXIT] if runs_gunicorn(command) else [0])),

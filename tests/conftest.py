@@ -53,9 +53,9 @@ def http11_path(request, monkeypatch):
     """Run a test on both paths of http11: with the C fast path for plain heads (what
     the proxy uses) and on pure Python (the reference, and the fallback without a
     compiler)."""
-    from dashscale_local import http11
+    from dashscale_local.http11 import accel
     if request.param == "python":
-        monkeypatch.setattr(http11, "fast", None)
-    elif http11.fast is None:
+        monkeypatch.setattr(accel, "fast", None)
+    elif accel.fast is None:
         pytest.skip("the C fast path is not built (DASHSCALE_HTTP11_PURE or no compiler)")
     return request.param

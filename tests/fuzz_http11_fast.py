@@ -1,6 +1,7 @@
 """Random-mutation fuzzing of the C fast path under AddressSanitizer (not a pytest file).
 
-    make fuzz-c            # builds _http11_fast.c with ASan+UBSan in a temp dir, runs this
+    make fuzz-c   # builds dashscale_local/http11/_fast.c with ASan+UBSan in a temp
+                  # dir, runs this
 
 Feeds mutated request and response heads to the three C functions for SECONDS (default
 60) and checks they return None or a tuple, never crash, read out of bounds (ASan, with
@@ -57,7 +58,7 @@ def run(fast, seconds, rnd):
 
 
 def main(path, seconds=60.0):
-    spec = importlib.util.spec_from_file_location("_http11_fast", path)
+    spec = importlib.util.spec_from_file_location("_fast", path)
     fast = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fast)
     rnd = random.Random(1)

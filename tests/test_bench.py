@@ -331,7 +331,17 @@ def test_cli_bench_json_and_errors(serve, tmp_path):
 SAMPLE_PROCFILE = "web: gunicorn sample_app.app:server --workers 1\n"
 
 
+@pytest.fixture
+def sample_app_dir(app_dir):
+    """The sample app beside the test apps: it is in the repo, not installed."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copytree(os.path.join(repo, "sample_app"), app_dir / "sample_app",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return app_dir
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("sample_app_dir")
 def test_bench_sample_app_on_two_replicas(dashscale):
     run = dashscale(SAMPLE_PROCFILE, formation="web=2",
                     env={"SAMPLE_CALLBACK_SECONDS": "0.5"})
@@ -351,6 +361,7 @@ def test_bench_sample_app_on_two_replicas(dashscale):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sample_app_dir")
 def test_bench_scaling_table_plot_and_restore(dashscale, tmp_path):
     run = dashscale(SAMPLE_PROCFILE, formation="web=2",
                     env={"SAMPLE_CALLBACK_SECONDS": "0.3"})

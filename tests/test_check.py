@@ -122,7 +122,9 @@ CASES = {
     "other-wsgi-servers": (
         "web: waitress-serve --port=$PORT app:server\n"
         "api: newrelic-admin run-program gunicorn app:server -w 2\n"
-        "worker: python -m tasks --queue default\n", {"tasks.py": ""}, [], [], 0),
+        "worker: python -m tasks --queue default\n", {"tasks.py": ""}, [],
+        # Neither program is installed in the environment the replicas would run in.
+        [("Procfile", 1, "command-not-installed"), ("Procfile", 2, "command-not-installed")], 2),
     "missing-python-module": (
         "web: gunicorn app:server -w 2\nworker: python -m no_such_tasks_mod\n", {}, [],
         [("Procfile", 2, "app-module-missing")], 2),
@@ -151,7 +153,7 @@ def test_corpus(tmp_path, name):
     assert found(data, "warnings") == sorted(warnings, key=lambda w: (w[0], w[1] or 0, w[2]))
     assert found(data, "errors") == errors
     assert exit_code == code
-    assert set(data) == {"processes", "warnings", "errors"}
+    assert set(data) == {"processes", "warnings", "errors", "python"}
     for finding in data["warnings"] + data["errors"]:
         assert set(finding) >= {"file", "line", "message"} and finding["message"]
 

@@ -127,6 +127,34 @@ def test_idle_costs_no_wakeups_when_nothing_is_in_rotation_or_checks_are_off():
     assert off.next_due() is None
 
 
+def test_active_check_backs_off_while_no_request_comes_and_a_request_resets_it():
+    """Under the runner (it sees exits itself) the period doubles after each round
+    without a request, up to idle_interval; a request brings back the base period."""
+    clock, pool = Clock(), Pool()
+    health = Health(pool, interval=2.0, idle_interval=10.0, clock=clock)
+    health.spawned("web.1", 100, 5006)
+    answer(health, 200)
+
+    def rounds(n):
+        periods = []
+        for _ in range(n):
+            clock.now = health.next_due()
+            answer(health, True, kind="tcp")
+            periods.append(health.next_due() - clock.now)
+        return periods
+    assert rounds(5) == [2, 4, 8, 10, 10]  # the first round counts as busy (no baseline)
+    pool.backends["web.1"].routed += 1     # a request came
+    assert rounds(2) == [2, 4]
+    pool.backends["web.1"].inflight = 1    # one still in flight: busy
+    assert rounds(2) == [2, 2]
+    pool.backends["web.1"].inflight = 0
+    health.down("web.1")                   # the rotation empties: back to the base period
+    health.spawned("web.1", 101, 5006)
+    answer(health, 200)
+    assert health.next_due() == clock.now + 2.0
+    assert make()[0].idle_interval == 2.0  # without idle_interval: no back-off
+
+
 def test_removal_while_probing_keeps_it_out_even_if_the_probe_answers():
     health, pool, clock, changes = make()
     health.spawned("web.1", 100, 5006)

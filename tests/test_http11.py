@@ -695,9 +695,9 @@ def test_error_response_parses(status):
 
 
 def test_installed_llhttp_is_strict():
-    from dashscale_local import http11
+    from dashscale_local.http11 import request as http11_request
 
-    assert http11._LLHTTP_STRICT
+    assert http11_request._LLHTTP_STRICT
 
 
 HEAD_LEVEL_BAD = [(name, raw) for name, raw, status in BAD
@@ -710,7 +710,7 @@ HEAD_LEVEL_BAD = [(name, raw) for name, raw, status in BAD
 @pytest.mark.parametrize("name,raw", HEAD_LEVEL_BAD, ids=[n for n, _ in HEAD_LEVEL_BAD])
 def test_fallback_checks_for_lenient_llhttp(name, raw, monkeypatch):
     """With an llhttp that accepted these (old httptools), our own checks reject them."""
-    from dashscale_local import http11
+    from dashscale_local.http11 import request as http11_request
 
     assert len(HEAD_LEVEL_BAD) >= 10
     trailer = name.startswith("trailer")
@@ -718,10 +718,10 @@ def test_fallback_checks_for_lenient_llhttp(name, raw, monkeypatch):
     end = raw.find(b"\r\n\r\n", start)
     end = len(raw) if end < 0 else end + 4
     with pytest.raises(ProtocolError) as ei:
-        http11._check_head_bytes(raw, start, end, start_line=not trailer)
+        http11_request._check_head_bytes(raw, start, end, start_line=not trailer)
     assert ei.value.status == 400
     # and the whole parser still behaves with the fallback switched on
-    monkeypatch.setattr(http11, "_LLHTTP_STRICT", False)
+    monkeypatch.setattr(http11_request, "_LLHTTP_STRICT", False)
     assert status_of(raw) == 400
     assert status_of(raw, bytewise=True) == 400
     ok = parse(BROWSER_GET + DASH_POST + b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "

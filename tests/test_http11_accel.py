@@ -1,4 +1,4 @@
-"""The C fast path of http11 (_http11_fast.c) against the pure-Python path.
+"""The C fast path of http11 (http11/_fast.c) against the pure-Python path.
 
 The contract: for any input, the C path either declines (None, and Python parses as
 before) or gives exactly what Python gives: the same events, the same forwarded bytes,
@@ -29,7 +29,7 @@ from dashscale_local.http11 import (
 
 from .test_http11 import BAD, BROWSER_GET, DASH_POST
 
-C = http11.fast
+C = http11.accel.fast
 needs_c = pytest.mark.skipif(C is None, reason="the C fast path is not built")
 FUZZ = settings(max_examples=1500, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -41,19 +41,19 @@ GUNICORN_200 = (b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nDate: Fri, 27 Nov 2026 
 
 @contextlib.contextmanager
 def path(accel):
-    saved = http11.fast
-    http11.fast = C if accel else None
+    saved = http11.accel.fast
+    http11.accel.fast = C if accel else None
     try:
         yield
     finally:
-        http11.fast = saved
+        http11.accel.fast = saved
 
 
 def test_fast_path_is_built():
     """make/pip build it; CI must not silently measure or test the fallback alone."""
     if os.environ.get("DASHSCALE_HTTP11_PURE"):
         pytest.skip("DASHSCALE_HTTP11_PURE is set")
-    assert C is not None, "dashscale_local._http11_fast did not build (is gcc installed?)"
+    assert C is not None, "dashscale_local.http11._fast did not build (is gcc installed?)"
 
 
 # ----------------------------------------------------------------------------- requests
@@ -434,6 +434,22 @@ def test_whole_plain_responses_are_relayed_by_c(raw, method, keep_alive, version
 ])
 def test_other_responses_take_the_general_path(raw):
     assert assert_same_client_response(raw, b"GET", True, "1.1") is None
+
+
+@needs_c
+@pytest.mark.parametrize("get", [WRK_GET, b"HEAD / HTTP/1.0\r\n\r\n"])
+def test_client_response_is_the_c_call_or_none_without_it(get):
+    """http11.client_response (what the proxy calls) decides: C when it is on, else None
+    (the proxy then takes the general path)."""
+    [req, _] = RequestParser().feed(get)
+    line = b"X-Dashscale-Replica: web.1\r\n"
+    got = http11.client_response(GUNICORN_200, req, line, 400)
+    assert got is not None
+    assert got == C.client_response(GUNICORN_200, req.method == b"HEAD", req.keep_alive,
+                                    req.http_version == "1.1", line, 400)
+    assert http11.client_response(bytearray(GUNICORN_200), req, line, 400) is None
+    with path(False):
+        assert http11.client_response(GUNICORN_200, req, line, 400) is None
 
 
 @FUZZ

@@ -510,3 +510,95 @@ def test_pss_unavailable_falls_back_to_rss(hog, make_guard):
     assert snap["metric"] == "rss" and snap["memory_bytes"] == snap["rss_bytes"] > 30 * MiB
     uss = make_guard(backend=NoPss(), metric="uss")
     assert uss.metric == "uss"  # only the unavailable metric falls back
+
+
+# ─── cadence: idle replicas are swept less often, near the limit as often as before ────
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_idle_replica_far_from_the_limit_is_swept_at_the_idle_interval(hog, make_guard):
+    clock = FakeClock()
+    g = make_guard(start=False, clock=clock, interval=0.25, idle_interval=1.0)
+    far, near = hog("--alloc", 20), hog("--alloc", 20)
+    assert far.event()["event"] == near.event()["event"] == "allocated"
+    g.watch("far", far.pid, 8192 * MiB)
+    g.watch("near", near.pid, 40 * MiB)  # ~20 MiB used of 40: ~5 ms away at 4 GiB/s
+    g.sweep()
+    assert g._replicas["far"].due == clock.t + 1.0
+    assert g._replicas["near"].due - clock.t < 0.26
+    sweeps = g._replicas["far"].swept
+    clock.t += 0.3  # "near" is due, "far" is not (not within one interval either)
+    g.sweep()
+    assert g._replicas["far"].swept == sweeps and g._replicas["near"].swept[0] == clock.t
+    clock.t += 0.5  # "far" is due within one interval: it goes along with "near"
+    g.sweep()
+    assert g._replicas["far"].swept[0] == clock.t
+
+
+def test_growth_towards_the_limit_makes_sweeps_fast(make_guard):
+    """A replica whose bound grows fast enough to reach its limit within the idle
+    interval is swept at the fast interval although it is still far from it."""
+    proc = subprocess.Popen([sys.executable, str(HOG), "--commands"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "ready"
+        clock = FakeClock()
+        # assumed growth 100 MiB/s: ~590 MiB of headroom is ~6 s away, so idle is slow
+        g = make_guard(start=False, clock=clock, interval=0.25, idle_interval=1.0,
+                       max_growth=100 * MiB)
+        g.watch("web.1", proc.pid, 600 * MiB)
+        g.sweep()
+        assert g._replicas["web.1"].due == clock.t + 1.0
+        proc.stdin.write(b"alloc 300\n")  # +300 MiB in its 1 s between two sweeps
+        proc.stdin.flush()
+        wait_until(lambda: g.backend.stat(proc.pid).rss > 300 * MiB, what="allocation")
+        clock.t += 1.0
+        g.sweep()
+        # 300 MiB/s, assumed 600 MiB/s from now on: the ~290 MiB left take ~0.5 s
+        assert 0.25 < g._replicas["web.1"].due - clock.t < 0.8
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_idle_guard_still_kills_a_sudden_allocation(make_guard):
+    """With a long idle interval, a replica that jumps over its limit is still killed:
+    its headroom at the assumed growth keeps its sweeps fast."""
+    proc = subprocess.Popen([sys.executable, str(HOG), "--commands"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "ready"
+        g = make_guard(interval=0.05, idle_interval=5.0)
+        g.watch("web.1", proc.pid, 100 * MiB)
+        first_reading(g, "web.1")
+        proc.stdin.write(b"alloc 300\n")
+        proc.stdin.flush()
+        wait_until(lambda: g.rec.kills, what="the OOM kill")
+        assert g.rec.kills[0][0] == "web.1" and proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def test_tree_readings_slow_down_unless_someone_looks(hog, make_guard):
+    clock = FakeClock()
+    g = make_guard(start=False, clock=clock, refresh=10.0, idle_refresh=60.0,
+                   idle_interval=1.0)
+    h = hog("--alloc", 10)
+    assert h.event()["event"] == "allocated"
+    g.watch("web.1", h.pid, 8192 * MiB)
+    g.sweep()
+    reads = g.stats()["exact_reads"]
+    clock.t += 11
+    g.sweep()
+    assert g.stats()["exact_reads"] == reads  # nobody looks: not re-read after 10 s
+    g.keep_fresh(30)
+    clock.t += 1
+    g.sweep()
+    assert g.stats()["exact_reads"] > reads  # a dashboard polls: 10 s

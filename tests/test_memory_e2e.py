@@ -346,6 +346,9 @@ def test_bad_memory_limit_exits_2_with_one_line(app_dir, value, fragment):
     ("on_limit = retry", "dashscale.ini: on_limit: 'retry' is not one of stop, restart"),
     ("memory_interval = 0", "dashscale.ini: memory_interval: '0' must be a number"),
     ("backoff_initial = soon", "dashscale.ini: backoff_initial: not a number: 'soon'"),
+    ("monitor_idle_interval = -1", "dashscale.ini: monitor_idle_interval: '-1' must be a number"),
+    ("memory_idle_interval = 0.1", "memory_idle_interval: 0.1 must be >= memory_interval (0.25)"),
+    ("memory_max_growth = fast", "dashscale.ini: memory_max_growth: invalid size 'fast'"),
 ])
 def test_bad_memory_settings_in_project_file(app_dir, ini, fragment):
     (app_dir / "dashscale.ini").write_text(f"[dashscale]\n{ini}\n")

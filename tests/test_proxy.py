@@ -801,3 +801,29 @@ def test_local_handler_serves_dashscale_paths(env_factory):
     assert env.total_received == 0
     assert env.get("/").status == 200
     assert env.stats()["local_requests"] == 1
+
+
+def test_active_check_backs_off_while_idle_only_with_an_owner():
+    """Under the runner (an owner that sees exits itself) the period doubles after each
+    round without a request, up to proxy_health_idle_interval; a request brings it back
+    to the base period. A standalone proxy keeps the base period."""
+    from dashscale_local.balancer import Pool
+    from dashscale_local.proxy import HealthChecker, ProxySettings
+
+    pool = Pool()
+    pool.add("web.1", "127.0.0.1", 1)
+    settings = ProxySettings({"proxy_health_interval": 2, "proxy_health_idle_interval": 10})
+    standalone = HealthChecker(pool, settings)
+    assert [standalone.next_interval() for _ in range(3)] == [2, 2, 2]
+    pool.on_connect_failure = lambda name: None
+    owned = HealthChecker(pool, settings)
+
+    def rounds(n):
+        out = []
+        for _ in range(n):
+            owned.interval = owned.next_interval()
+            out.append(owned.interval)
+        return out
+    assert rounds(5) == [2, 4, 8, 10, 10]   # the first round counts as busy (no baseline)
+    pool.backends["web.1"].routed += 1      # a request came
+    assert rounds(2) == [2, 4]

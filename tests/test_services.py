@@ -79,7 +79,8 @@ def test_unknown_service_exits_2(app_dir):
     assert r.returncode == 2 and "unknown service 'memcached'" in r.stderr, r.stderr
     (app_dir / "dashscale.ini").write_text("[dashscale]\nservices = redis, mongo\n")
     r = subprocess.run(cli, capture_output=True, text=True)
-    assert r.returncode == 2 and "dashscale.ini: unknown service 'mongo'" in r.stderr, r.stderr
+    assert r.returncode == 2 and "dashscale.ini: services: unknown service 'mongo'" in r.stderr, \
+        r.stderr
 
 
 def test_export_k8s_keeps_the_services(app_dir):

@@ -122,9 +122,13 @@ def main(argv=None):
     ap.add_argument("--every", type=float, default=10, help="gradual: ms between steps")
     ap.add_argument("--max", type=float, default=0, help="gradual: stop at this many MiB")
     ap.add_argument("--commands", action="store_true")
+    ap.add_argument("--wait-usr1", action="store_true",
+                    help="after the tree is set up, wait for SIGUSR1 before --alloc/--step")
     ap.add_argument("--mark")
     a = ap.parse_args(argv)
 
+    if a.wait_usr1:  # blocked from the start, so an early signal waits for sigwait
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     mark = Mark(a.mark)
     mark.write("pid", os.getpid())
     n = int(a.preload * MiB)
@@ -176,6 +180,8 @@ def main(argv=None):
     pids += [int(x) for x in buf.split()]
     emit({"event": "ready", "pids": pids})
 
+    if a.wait_usr1:  # a trigger for runs where stdin is not ours (under supervisord)
+        signal.sigwait({signal.SIGUSR1})
     held = []
     if a.alloc:
         grow(held, mark, int(a.alloc * MiB))

@@ -1,7 +1,7 @@
-/* Fast path of http11.py for the common, plain HTTP message head.
+/* Fast path of dashscale_local.http11 for the common, plain HTTP message head.
  *
  * Two functions, each of which either returns exactly what the Python path of
- * http11.py would produce for its input, or None ("not sure: ask the Python path").
+ * http11 would produce for its input, or None ("not sure: ask the Python path").
  * They never reject anything: every error, limit and unusual construct (absolute-form
  * targets, Transfer-Encoding, Upgrade, Expect, Via, obs-text, names with "_",
  * duplicate Content-Length, ...) is left to the Python path and its llhttp
@@ -37,7 +37,7 @@
 static unsigned char TCHAR[256];   /* RFC 9110 token characters */
 static unsigned char VALUE[256];   /* field-value bytes accepted here: HTAB, SP, VCHAR */
 static unsigned char TARGET[256];  /* origin-form target bytes accepted here */
-static unsigned char HOSTC[256];   /* uri-host [":" port], as http11._HOST_CHARS */
+static unsigned char HOSTC[256];   /* uri-host [":" port], as http11.request._HOST_CHARS */
 
 static PyObject *M_GET, *M_HEAD, *M_POST, *M_PUT, *M_DELETE, *M_OPTIONS, *M_PATCH;
 static PyObject *V11, *V10, *CLOSE, *KEEP_ALIVE;
@@ -60,8 +60,9 @@ starts(const char *low, Py_ssize_t n, const char *lit)
     return n >= k && memcmp(low, lit, k) == 0;
 }
 
-/* Names both directions treat alike: framing and hop-by-hop fields (http11._HOP_BY_HOP
- * but Upgrade), a field that Connection could name, and X-Dashscale-*. */
+/* Names both directions treat alike: framing and hop-by-hop fields
+ * (http11.common._HOP_BY_HOP but Upgrade), a field that Connection could name,
+ * and X-Dashscale-*. */
 static int
 hop_kind(const char *low, Py_ssize_t n)
 {
@@ -78,7 +79,7 @@ hop_kind(const char *low, Py_ssize_t n)
     return H_OTHER;
 }
 
-/* Request header names (http11._REQ_DROP and friends). */
+/* Request header names (http11.forward._REQ_DROP and friends). */
 static int
 request_kind(const char *low, Py_ssize_t n)
 {
@@ -97,7 +98,7 @@ request_kind(const char *low, Py_ssize_t n)
     return H_OTHER;
 }
 
-/* Response header names (http11._RESP_DROP and X-Dashscale-*). */
+/* Response header names (http11.common._RESP_DROP and X-Dashscale-*). */
 static int
 response_kind(const char *low, Py_ssize_t n)
 {
@@ -450,7 +451,7 @@ parse_response_head(PyObject *self, PyObject *args)
 #define PUT(lit) (memcpy(o, lit, sizeof(lit) - 1), o += sizeof(lit) - 1)
 
 /* What the proxy sends its client for a whole response that came in one read: what
- * http11.build_client_response_head (plus the body) gives for it. */
+ * http11.forward.build_client_response_head (plus the body) gives for it. */
 static PyObject *
 client_response(PyObject *self, PyObject *args)
 {
@@ -530,7 +531,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_http11_fast",
+    PyModuleDef_HEAD_INIT, "_fast",
     "Fast path of dashscale_local.http11 (see the C source).", -1, methods,
 };
 
@@ -563,7 +564,7 @@ init_tables(void)
 }
 
 PyMODINIT_FUNC
-PyInit__http11_fast(void)
+PyInit__fast(void)
 {
     if (init_tables() < 0)
         return NULL;
