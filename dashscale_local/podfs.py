@@ -33,10 +33,7 @@ FICLONE = 0x40049409           # ioctl: reflink a whole file (btrfs, xfs, bcache
 class Pods:
     """The replicas' filesystems for one run."""
 
-    def __init__(self, project_dir, run_dir, settings, secrets=()):
-        """``secrets``: files the snapshot leaves out (the env files: their values reach
-        the replicas as environment variables, and no copy of them lands on disk)."""
-        self.secrets = {os.path.abspath(p) for p in secrets}
+    def __init__(self, project_dir, run_dir, settings):
         self.project_dir, self.run_dir = project_dir, run_dir
         self.pods_dir = os.path.join(run_dir, "pods")
         self.deploys_dir = os.path.join(run_dir, "deploys")
@@ -78,29 +75,8 @@ class Pods:
             raise RuntimeFailure(f"cannot snapshot the app directory for the replicas: "
                                  f"{exc.strerror}: {exc.filename} (or run with --shared-fs)")
         self.deploy_id += 1
-        self.assign(types)
-
-    def assign(self, types):
-        """The latest deploy for the replicas of ``types`` written from now on (a deploy
-        is taken first, and assigned once its release steps pass)."""
-        if self.mode in (None, "shared"):
-            return
         self.current.update(dict.fromkeys(types, self.deploy_id))
         self._collect()
-
-    def step_dir(self, name):
-        """Where the release step ``name`` runs: a disk of its own, as a replica's (a copy
-        of the latest deploy, `../mount` beside it; gone with discard()); in shared mode
-        the user's directory."""
-        if self.mode in (None, "shared"):
-            return self.project_dir
-        pod = os.path.join(self.pods_dir, name)
-        _remove(pod)
-        os.makedirs(pod, mode=0o700)
-        os.symlink(self.mount, os.path.join(pod, "mount"))
-        self.assigned[name] = self.deploy_id  # kept while it runs
-        clone_tree(self._deploy_path(self.deploy_id), os.path.join(pod, "app"))
-        return os.path.join(pod, "app")
 
     def entry(self, launch_dir, name):
         """Write the replica's pod script (runs the launcher inside its own disk); its
@@ -157,7 +133,7 @@ class Pods:
     def _skip(self, path, entry):
         """None to copy ``entry`` of directory ``path``; "omit"; or "link" (venvs)."""
         full = os.path.join(path, entry.name)
-        if entry.name in SKIP or full == self.mount or full in self.secrets:
+        if entry.name in SKIP or full == self.mount:
             return "omit"
         if entry.is_dir(follow_symlinks=False) and \
                 os.path.exists(os.path.join(full, "pyvenv.cfg")):
@@ -228,8 +204,8 @@ def overlay_works(run_dir):
     except (OSError, subprocess.TimeoutExpired):
         ok = False
     _remove(probe)
-    with open(os.open(cache, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
-              encoding="utf-8") as f:
+    with os.fdopen(os.open(cache, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+                   encoding="utf-8") as f:
         f.write(f"{key} {'yes' if ok else 'no'}")
     return ok
 
