@@ -80,6 +80,7 @@ def main():
 def start(procfile, formation, env_files, host, port, base_port, memory_limit, on_limit,
           memory_metric, balance, pod_limit, app_name, spread, services, shared_fs, python):
     """Start the formation in the foreground (Ctrl-C stops everything)."""
+    from .checks import load_checks
     from .config import load_settings
     from .launch import launch
     from .project import Project
@@ -93,6 +94,7 @@ def start(procfile, formation, env_files, host, port, base_port, memory_limit, o
         "services": services or None, "shared_fs": True if shared_fs else None,
         **python_setting(python)})
     project = Project(procfile, env_files, memory_limit, settings)
+    project.checks = load_checks(project_dir)  # a bad CHECKS: exit 2, nothing started
     counts = project.formation(formation, settings)
     run_dir = project.run_dir
     runner_proc = rundir.live_runner(run_dir)

@@ -4,7 +4,8 @@ output that says why (the exception's last line, or gunicorn's own message), e.g
 
 Sans-IO: functions of log lines, shared by the runner (`start`, rolls) and `check
 --measure`. supervisord reports the exit status of a process that exited within
-``startsecs`` as 0 (BACKOFF/FATAL keep no status); its own log keeps the real one.
+``startsecs`` as 0 (BACKOFF/FATAL keep no status); its own log keeps the real one
+(read by ``Supervisord.exits()`` with ``lifecycle.supervisord_exit``).
 """
 import re
 
@@ -25,6 +26,7 @@ _BOILERPLATE = re.compile(
 _GUNICORN_APP_ERRORS = re.compile(
     r"^(Failed to find attribute|Failed to parse|Failed to find application|"
     r"Application object must be callable|Function reference must be)")
+_APP_ERROR_AGAIN = re.compile(_GUNICORN_APP_ERRORS.pattern[1:])
 # gunicorn halting because a worker could not boot (3) / load the app (4). gunicorn ≥24
 # can die of a second HaltServer while stopping (exit 1): its log still says why. With
 # --preload the master loads the app itself and dies of AppImportError (exit 1).
@@ -34,8 +36,6 @@ _HALT = re.compile(r"(Worker failed to boot|App failed to load)\."
 _HALT_CODES = {"Worker failed to boot": 3, "App failed to load": 4,
                "gunicorn.errors.AppImportError": 4}
 _FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+)')
-_SUPERVISORD_EXIT = re.compile(
-    r" exited: (?P<name>\S+) \((?:exit status (?P<code>\d+)|terminated by (?P<sig>SIG\w+))")
 
 
 def this_run(lines, pid=None):
@@ -93,7 +93,9 @@ def cause(lines):
         if not line.strip():
             continue
         if _GUNICORN_APP_ERRORS.match(line):
-            app_error = line
+            # Two workers writing at once can run their messages together on one line.
+            again = _APP_ERROR_AGAIN.search(line, 1)
+            app_error = line[:again.start()] if again else line
         else:
             last = line
     found = app_error or exception or last
@@ -106,17 +108,6 @@ def _with_location(exception, frame):
                                                    "TabError"):
         return f"{exception} ({frame.group(1)}, line {frame.group(2)})"
     return exception
-
-
-def supervisord_exit(lines, name):
-    """(exit code, signal name) of ``name``'s last exit in supervisord's log lines,
-    (None, None) when not there."""
-    for line in reversed(lines):
-        m = _SUPERVISORD_EXIT.search(line)
-        if m and m.group("name") == name:
-            code = m.group("code")
-            return (int(code) if code is not None else None), m.group("sig")
-    return None, None
 
 
 def reason(load_code, signal, default="could not start"):

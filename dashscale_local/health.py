@@ -5,20 +5,29 @@
 supervisord's RUNNING, which is a timer), the proxy's passive signal (a refused or
 timed-out connect, a replica that stopped answering: ``Pool.on_connect_failure``), the
 active check (a TCP connect to each replica in rotation every ``interval`` s; 3 timeouts
-in a row or one refusal evict), and the runner's own decisions (a process gone, a
+in a row or one refusal evict; while no request comes it backs off, doubling after each
+round up to ``idle_interval``, since the runner sees an exit by itself), and the runner's own decisions (a process gone, a
 replica draining: out for good, whatever a late probe says).
 
 Its decisions are plain code over an injected clock, without I/O: ``due()`` says which
 probes to run now, ``result()`` takes their outcome, ``next_due()`` when to look again
 (None: nothing to do — an idle run with the active check off costs no wake-ups).
 ``HealthDriver`` is the thin asyncio part that runs the probes.
+
+With a CHECKS file (``Health.checks``, checks.py) a new process that answers goes
+through its checks first (*checking*) and enters the rotation only once they pass; one
+that fails them stays out (*failed*) and ``on_checks_failed`` says why. Only a new
+process is checked (start, scale-up, roll, restart), as Dokku checks a deploy.
 """
 import asyncio
 import time
 from dataclasses import dataclass
 from typing import Optional
 
-BOOTING, IN, OUT, DOWN, LEAVING = "booting", "in", "out", "down", "leaving"
+from .cadence import backoff_interval
+
+BOOTING, CHECKING, FAILED = "booting", "checking", "failed"
+IN, OUT, DOWN, LEAVING = "in", "out", "down", "leaving"
 
 
 @dataclass(frozen=True)
@@ -26,7 +35,8 @@ class Probe:
     name: str
     pid: int
     port: int
-    kind: str        # "http": readiness (any HTTP answer); "tcp": the active check
+    kind: str        # "http": readiness (any HTTP answer); "tcp": the active check;
+                     # "checks": the CHECKS file (checks.run_checks)
 
 
 @dataclass
@@ -40,6 +50,7 @@ class Target:
     busy: bool = False            # a probe of it is running
     timeouts: int = 0             # active checks timed out in a row
     routed_at_spawn: int = 0      # requests the proxy had routed to it before this process
+    checks: Optional[str] = None  # None (no CHECKS), "pending", "passed", "failed: …"
 
 
 class Health:
@@ -47,15 +58,23 @@ class Health:
     REPROBE_MIN, REPROBE_MAX = 0.02, 2.0    # back-off after it failed in rotation
     FALL_ON_TIMEOUT = 3
 
-    def __init__(self, pool, *, interval=2.0, clock=time.monotonic, host="127.0.0.1",
-                 on_change=None):
-        """on_change(name, pid, in_rotation): a replica came into rotation (it answered)
-        or was taken out by a health signal; not called for down/removing/gone."""
+    def __init__(self, pool, *, interval=2.0, idle_interval=None, clock=time.monotonic,
+                 host="127.0.0.1", on_change=None, on_checks_failed=None):
+        """interval: the active check's period (0: off); idle_interval: the longest it
+        backs off to while no request comes (None: no back-off).
+        on_change(name, pid, in_rotation): a replica came into rotation (it answered)
+        or was taken out by a health signal; not called for down/removing/gone.
+        on_checks_failed(name, pid, line): its CHECKS failed (the line of run_checks)."""
         self.pool = pool
-        self.interval = interval
+        self.interval = self.period = interval
+        self.idle_interval = interval if idle_interval is None else idle_interval
+        self._routed = None           # requests routed when the last round ran
         self.clock = clock
         self.host = host
         self.on_change = on_change or (lambda name, pid, in_rotation: None)
+        self.on_checks_failed = on_checks_failed or (lambda name, pid, line: None)
+        self.checks = None            # checks.Checks: gates every new process
+        self.prefix = ""              # the app's path prefix (--app-name): checks run under it
         self.targets = {}
         self.next_round = None        # the next active check of the rotation
         self.wake = lambda: None      # set by the driver: the schedule moved earlier
@@ -70,7 +89,8 @@ class Health:
         self.targets[name] = Target(
             name, pid, port, phase=LEAVING if leaving else BOOTING,
             due=None if leaving else self.clock(), delay=self.START_INTERVAL,
-            routed_at_spawn=backend.routed if backend else 0)
+            routed_at_spawn=backend.routed if backend else 0,
+            checks=None if self.checks is None else "pending")
         self.wake()
 
     def down(self, name):
@@ -114,11 +134,14 @@ class Health:
         now = self.clock()
         probes = []
         for t in self.targets.values():
-            if not t.busy and t.due is not None and t.due <= now and t.phase in (BOOTING, OUT):
+            if not t.busy and t.due is not None and t.due <= now and \
+                    t.phase in (BOOTING, OUT, CHECKING):
                 t.busy, t.due = True, None
-                probes.append(Probe(t.name, t.pid, t.port, "http"))
+                probes.append(Probe(t.name, t.pid, t.port,
+                                    "checks" if t.phase == CHECKING else "http"))
         if self.next_round is not None and now >= self.next_round:
-            self.next_round = now + self.interval
+            self.period = self._next_period()
+            self.next_round = now + self.period
             for t in self.targets.values():
                 if t.phase == IN and not t.busy:
                     t.busy = True
@@ -127,19 +150,23 @@ class Health:
 
     def result(self, probe, outcome):
         """http: the status code, or None (no answer); tcp: True, False (refused), None
-        (timed out)."""
+        (timed out); checks: None (passed) or the failure line."""
         t = self.targets.get(probe.name)
         if t is None or t.pid != probe.pid:
             return  # a probe of a process that is gone
         t.busy = False
         if probe.kind == "tcp":
             self._checked(t, outcome)
+        elif probe.kind == "checks":
+            self._gated(t, outcome)
         elif t.phase in (BOOTING, OUT):
             self._probed(t, outcome is not None)
 
     def _probed(self, t, ok):
         now = self.clock()
-        if ok:
+        if ok and t.phase == BOOTING and t.checks == "pending":
+            t.phase, t.due = CHECKING, now  # it answers: now its CHECKS
+        elif ok:
             t.phase, t.due, t.timeouts = IN, None, 0
             self.pool.add(t.name, self.host, t.port)
             self._round_schedule()
@@ -149,6 +176,16 @@ class Health:
         else:
             t.due = now + t.delay
             t.delay = min(t.delay * 2, self.REPROBE_MAX)
+
+    def _gated(self, t, failure):
+        if t.phase != CHECKING:
+            return  # down or leaving meanwhile
+        if failure is None:
+            t.checks = "passed"
+            self._probed(t, True)
+        else:
+            t.phase, t.checks = FAILED, f"failed: {failure}"
+            self.on_checks_failed(t.name, t.pid, failure)
 
     def _checked(self, t, outcome):
         if t.phase != IN:
@@ -162,6 +199,15 @@ class Health:
         else:
             t.timeouts += 1
 
+    def _next_period(self):
+        """The base period while requests come (or are in flight); after a round with
+        none since the previous one, doubled, up to idle_interval."""
+        backends = self.pool.backends.values()
+        routed = sum(b.routed for b in backends)
+        busy = routed != self._routed or any(b.inflight for b in backends)
+        self._routed = routed
+        return backoff_interval(self.period, self.interval, self.idle_interval, busy)
+
     def next_due(self):
         """When due() has work next (clock time), or None."""
         times = [t.due for t in self.targets.values() if t.due is not None and not t.busy]
@@ -174,11 +220,23 @@ class Health:
         if self.interval <= 0 or not any(t.phase == IN for t in self.targets.values()):
             self.next_round = None
         elif self.next_round is None:
+            self.period = self.interval
             self.next_round = self.clock() + self.interval
 
     # -- queries ------------------------------------------------------------------
     def in_rotation(self):
         return sorted(name for name, t in self.targets.items() if t.phase == IN)
+
+    def checks_of(self, name):
+        """The current process's CHECKS: None (no CHECKS file when it started),
+        "pending", "passed" or "failed: <why>"."""
+        t = self.targets.get(name)
+        return t.checks if t is not None else None
+
+    def checks_budget(self):
+        """The longest the checks of one process can take (s), for the waiters."""
+        c = self.checks
+        return 0.0 if c is None else c.attempts * (c.wait + c.timeout * max(1, len(c.checks)))
 
     def served_since_spawn(self, name):
         """Did the proxy route a request to the current process? (An OOM kill before
@@ -201,7 +259,6 @@ class HealthDriver:
 
     def start(self):
         if self.http is None:
-            from .runner import http_probe
             self.http = http_probe
         if self.tcp is None:
             from .proxy import tcp_probe
@@ -233,10 +290,40 @@ class HealthDriver:
             self._wake.clear()
 
     async def _probe(self, probe):
-        host = self.health.host
+        host, health = self.health.host, self.health
         if probe.kind == "http":
             outcome = await self.http(host, probe.port, self.http_timeout)
+        elif probe.kind == "checks":
+            from .checks import run_checks
+            target = health.targets.get(probe.name)
+            outcome = None if health.checks is None else await run_checks(  # deleted: pass
+                health.checks, probe.port, health.prefix, host,
+                alive=lambda: health.targets.get(probe.name) is target and
+                target.phase == CHECKING)
         else:
             outcome = await self.tcp(host, probe.port, self.tcp_timeout)
         self.health.result(probe, outcome)
         self._wake.set()
+
+
+async def http_probe(host, port, timeout):
+    """The status code of `GET /` on the replica, or None if it does not answer."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return None
+    try:
+        # Any HTTP answer means the app is loaded and serving. A path the app does not
+        # route costs it ~1 ms; its index page (a Dash layout render) ~15 ms of CPU,
+        # taken from replicas still booting.
+        writer.write(b"GET /_dashscale/ready HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: dashscale-probe\r\n"
+                     b"Connection: close\r\n\r\n" % (host.encode(), port))
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1].isdigit():
+            return int(parts[1])
+        return None
+    except (OSError, asyncio.TimeoutError):
+        return None
+    finally:
+        writer.close()

@@ -11,12 +11,11 @@ See docs/lifecycle.md for the states, the transitions and how the runner drives 
 import enum
 import re
 import signal
-from dataclasses import dataclass, make_dataclass, replace
+from dataclasses import dataclass, fields, make_dataclass, replace
 from typing import Optional, Tuple
 
+from .failure import GUNICORN_EXIT
 from .sizes import format_size
-
-GUNICORN_EXIT = {3: "worker failed to boot", 4: "app failed to load"}
 
 
 class State(str, enum.Enum):
@@ -57,13 +56,8 @@ class Settings:
 
     @classmethod
     def from_mapping(cls, settings):
-        """From the runner's settings (strings from defaults.ini / dashscale.ini / CLI)."""
-        from .config import number
-        return cls(on_limit=settings.get("on_limit", "stop"),
-                   **{k: number(settings, k) for k in
-                      ("backoff_initial", "backoff_max", "backoff_reset", "stop_timeout")},
-                   spread=str(settings.get("spread", "false")).lower()
-                   in ("1", "true", "yes", "on"))
+        """From the runner's config.Settings (typed; its dict-style access serves too)."""
+        return cls(**{f.name: settings[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -77,6 +71,7 @@ class ReplicaRecord:
     state: State = State.STOPPED
     pid: Optional[int] = None         # the current (or last) process; kept while OOMKILLED
     ready: bool = False               # web: answers HTTP; others: supervisord RUNNING
+    served_pid: Optional[int] = None  # the last process that answered HTTP (web)
     restarts: int = 0
     oom_kills: int = 0
     last_exit: Optional[dict] = None
@@ -115,12 +110,17 @@ class ProcessInfo:
     wall: float = 0.0                 # wall time of the poll
     exit_code: Optional[int] = None   # from the log: the status, or 128 + signal number
     exit_signal: Optional[str] = None
+    # gunicorn's verdict from the replica's own log (failure.load_failure): 3/4 when this
+    # run could not boot/load the app (also when gunicorn ≥24 or --preload exit 1), 0 when
+    # it says otherwise or the command is not gunicorn; None: not read, the code decides.
+    load_code: Optional[int] = None
 
     @classmethod
-    def from_rpc(cls, info, wall, logged_exit=None):
+    def from_rpc(cls, info, wall, logged_exit=None, load_code=None):
         code, sig = logged_exit or (None, None)
         return cls(info["statename"], info.get("pid") or 0, info.get("exitstatus") or 0,
-                   info.get("description") or "", info.get("stop") or 0.0, wall, code, sig)
+                   info.get("description") or "", info.get("stop") or 0.0, wall, code, sig,
+                   load_code)
 
 
 @dataclass(frozen=True)
@@ -218,10 +218,18 @@ def _follow(r, info, now, settings):
     code, sig = _exit_of(info)
     exited = info.statename in ("EXITED", "BACKOFF", "FATAL")
     respawned = pid is not None and r.pid is not None and pid != r.pid
+    load = info.load_code if info.load_code is not None else \
+        (code if code in GUNICORN_EXIT else None)
     # While a restart we asked for is under way, the logged exit may be the old one's.
-    if (exited or respawned) and code in GUNICORN_EXIT and not r.restarting \
+    if (exited or respawned) and load in GUNICORN_EXIT and not r.restarting \
             and not r.removing and r.state is not State.FATAL:
-        return _halt(r, info, code, now)
+        if r.served_pid != r.pid:  # it never served: it cannot boot
+            return _halt(r, info, code, load, now)
+        if info.statename == "EXITED" and r.state in UP:
+            # Final for supervisord (exitcodes), not for a replica that has served:
+            # restart it as Kubernetes restarts a pod.
+            effects = [StartProcess(r.name),
+                       Report(f"{r.name} exited{_code_text(code)}; restarting it")]
     if pid and pid != r.pid:
         if r.pid is not None:
             r = replace(r, restarts=r.restarts + 1)
@@ -249,7 +257,7 @@ def _follow(r, info, now, settings):
         reason = _reason(code, sig, info.description if info.statename != "EXITED" else "")
         r = replace(r, last_exit=_exit(code, sig, reason, info))
         effects.append(Event("crash", f"{r.name} exited{_code_text(code)}: {reason}"))
-        if info.statename == "EXITED":
+        if info.statename == "EXITED" and not any(isinstance(e, StartProcess) for e in effects):
             effects.append(Report(f"{r.name} exited{_code_text(code)} ({reason}); "
                                   "supervisord restarts it"))
     if state is State.BACKOFF and r.backoff_reported != r.pid:
@@ -266,10 +274,10 @@ def _follow(r, info, now, settings):
     return replace(r, state=state), effects
 
 
-def _halt(r, info, code, now):
+def _halt(r, info, code, load, now):
     """gunicorn exit 3/4: it cannot boot; retrying only repeats it. FATAL at once,
     supervisord's retry (or its restart) stopped."""
-    reason = GUNICORN_EXIT[code]
+    reason = GUNICORN_EXIT[load]
     r = replace(r, state=State.FATAL, ready=False, held=True, held_pid=info.pid or 0,
                 held_at=now, fatal_reported=True, restart_at=None,
                 last_exit=_exit(code, None, reason, info))
@@ -351,11 +359,11 @@ def _answered(r, obs, now, settings):
         return r, []  # a late answer from a process that is gone, held down or leaving
     effects = [Pin(r.name, r.pid)] if settings.spread else []  # again: workers forked
     if r.ready_after is None and r.spawned_at is not None:
-        r = replace(r, ready=True, ready_after=now - r.spawned_at)
+        r = replace(r, ready=True, served_pid=r.pid, ready_after=now - r.spawned_at)
         effects.append(Report(f"{r.name} ready on 127.0.0.1:{r.port} "
                               f"(pid {r.pid}, {r.ready_after:.2f}s)"))
     else:
-        r = replace(r, ready=True)
+        r = replace(r, ready=True, served_pid=r.pid)
         effects.append(Report(f"{r.name} back in rotation (pid {r.pid})"))
     return r, effects
 

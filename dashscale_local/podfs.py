@@ -228,8 +228,8 @@ def overlay_works(run_dir):
     except (OSError, subprocess.TimeoutExpired):
         ok = False
     _remove(probe)
-    with open(os.open(cache, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
-              encoding="utf-8") as f:
+    with os.fdopen(os.open(cache, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+                   encoding="utf-8") as f:
         f.write(f"{key} {'yes' if ok else 'no'}")
     return ok
 

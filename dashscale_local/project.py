@@ -40,6 +40,7 @@ class Project:
             self.limit_spec, self.limit_source = None, "memory_limit"
         self.memory_limits = parse_limits(self.limit_spec, self.type_names, self.limit_source)
         self.extra_env = {}  # e.g. REDIS_URL from managed services
+        self.checks = None   # checks.Checks from CHECKS, loaded by `start`
         # the replicas' own disks (the env files stay out of their snapshots)
         self.pods = Pods(self.directory, self.run_dir, settings or {}, self.env_files)
         self.python_env = resolve(self.directory, settings.python if settings else None,
@@ -68,8 +69,13 @@ class Project:
     @property
     def watched_files(self):
         """The files whose edits the runner applies while running."""
-        return [self.procfile_path, self.scale_file, *self.env_files,
+        return [self.procfile_path, self.scale_file, self.checks_file, *self.env_files,
                 os.path.join(self.directory, release.PROJECT_TOML)]
+
+    @property
+    def checks_file(self):
+        from .checks import FILE_NAME
+        return os.path.join(self.directory, FILE_NAME)
 
     def stamps(self):
         """{path: (inode, size, mtime) or None} of the watched files."""

@@ -1,5 +1,8 @@
-"""The controller behind `dashscale start`: owns the formation and wires supervisord,
-the proxy, the memory guard and the control API together on one asyncio loop.
+"""The controller behind `dashscale start`: wiring, the effects executor and formation
+changes. What happens to a replica is decided by lifecycle.py (its state machine) and
+what is in the proxy's rotation by health.py; the runner observes supervisord, the
+memory guard and the probes, feeds them in and carries out the effects they return.
+See docs/lifecycle.md.
 
 Blocking work (XML-RPC to supervisord, psutil) runs in threads; everything that changes
 the formation runs on the loop, serialised by one lock, so concurrent `scale` calls
@@ -9,68 +12,57 @@ import asyncio
 import os
 import signal
 import time
+from dataclasses import replace
+from xmlrpc.client import Fault
 
 import psutil
 
-from . import release, rundir
+from . import lifecycle, release, rundir
 from .balancer import Pool
 from .cadence import busy_interval
+from .checks import load_checks
 from .errors import RuntimeFailure, UsageError
-from .failure import GUNICORN_EXIT, LOG_BYTES, cause, explain, load_failure, reason, this_run
+from .failure import LOG_BYTES, cause, explain, load_failure, this_run
 from .formation import replica_port, resolve_formation, format_formation
+from .health import Health, HealthDriver
 from .launch import give_up, process_env, write_replica_program
+from .lifecycle import (Answered, Event, Fatal, OomKilled, OutOfRotation, Pin, ProcessInfo,
+                        Removing, Report, RestartRequested, ScheduleRestart, StartProbe,
+                        StartProcess, State, StopProcess, Unhealthy, WatchMemory)
 from .output import LogTail, Printer, last_lines
 from .sizes import format_size
 
-UP_STATES = ("STARTING", "RUNNING")
-DOWN_STATES = ("BACKOFF", "EXITED", "FATAL")
 FAILED_START_GRACE = 5.0  # s the other replicas get once one cannot load the app
 TRANSITIONS = ("STARTING", "STOPPING", "BACKOFF")  # supervisord states the monitor polls fast
 MONITOR_FAST, TAIL_FAST, TAIL_IDLE = 0.2, 0.1, 0.5  # seconds; idle: monitor_idle_interval
-SUPERVISOR_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED",
-                     "FATAL", "UNKNOWN")
+_EXITED = ("EXITED", "BACKOFF", "FATAL")
 
 
 class Replica:
-    """One replica as the runner sees it; `state` is what `status` shows."""
+    """One replica: its lifecycle record (``rec``: state, pid, ready, restarts, … —
+    decided by lifecycle.py, read through as attributes) and what only the runner keeps
+    for `status` and the waiters."""
 
-    def __init__(self, spec, command):
-        self.name, self.type, self.index, self.port = spec.name, spec.type, spec.index, spec.port
-        self.command = command
-        self.state = "STOPPED"
-        self.pid = None
-        self.ready = False
-        self.restarts = 0
-        self.oom_kills = 0
-        self.oomkilled = False   # killed by the guard; shown as OOMKILLED until restarted
-        self.last_exit = None
-        self.memory_bytes = 0
-        self.peak_bytes = 0
-        self.memory_limit = 0
-        self.spawned_at = None
-        self.ready_after = None
-        self.failure = None        # {"code", "signal", "cause", "line"} once it cannot start
-        self.failing = None        # task reading the cause of a failure
-        self.exit_checked = None   # supervisord's start time of the spawn last checked
-        self.served_pid = None     # the last process that answered HTTP (web)
-        self.awaited = False       # a waiter (start, roll) reports its failure
-        self.backoff_reported = None
-        self.probe = None
-        self.restart_timer = None
-        self.crashloop_delay = None
+    def __init__(self, spec, command, memory_limit):
+        self.rec = lifecycle.ReplicaRecord(spec.name, spec.type, spec.port,
+                                           memory_limit=memory_limit)
+        self.index, self.command = spec.index, command
+        self.memory_bytes = self.peak_bytes = 0
         self.peak_pid = None       # the process peak_bytes belongs to
-        self.hold_down = None      # task keeping an OOM-killed replica down
-        self.cpus = None          # CPU set when --spread pins it
-        self.restarting = False   # a restart we asked for (not a crash)
-        self.routed_at_spawn = 0  # requests the proxy had routed to it before this process
-        self.killed_idle = False
+        self.cpus = None           # CPU set when --spread pins it
+        self.failure = None        # {"code", "signal", "cause", "line", "cannot_load"}
+        self.awaited = False       # a waiter (start, roll) reports its failure
+        self.exit_seen = None      # (start, stop) of the exit whose log was read
+        self.load_code = None      # failure.load_failure of that exit (0: none)
+
+    def __getattr__(self, name):  # name, type, port, state, pid, ready, … of the record
+        if name == "rec":
+            raise AttributeError(name)
+        return getattr(self.rec, name)
 
     def as_json(self):
-        return {"name": self.name, "type": self.type, "state": self.state, "pid": self.pid,
-                "port": self.port, "ready": self.ready, "memory_bytes": self.memory_bytes,
-                "peak_memory_bytes": self.peak_bytes, "memory_limit_bytes": self.memory_limit,
-                "restarts": self.restarts, "oom_kills": self.oom_kills,
-                "last_exit": self.last_exit, "command": self.command, "cpus": self.cpus}
+        return dict(self.rec.as_json(), memory_bytes=self.memory_bytes,
+                    peak_memory_bytes=self.peak_bytes, command=self.command, cpus=self.cpus)
 
 
 class Runner:
@@ -86,7 +78,16 @@ class Runner:
         self.base_port = settings.base_port
         self.replicas = {}
         self.pool = Pool(settings.balance)
-        self.pool.on_connect_failure = self._reprobe_soon
+        # Health owns the rotation: readiness, the proxy's passive signal, active checks
+        # (backing off while no request comes, as the proxy's own checker would).
+        self.health = Health(self.pool, interval=settings.proxy_health_interval,
+                             idle_interval=settings.proxy_health_idle_interval,
+                             on_change=self._health_changed,
+                             on_checks_failed=self._checks_failed)
+        self.health.checks = project.checks  # CHECKS gate every new web process
+        self.health.prefix = f"/{settings.app_name}/" if settings.app_name else ""
+        self.health_driver = None
+        self.lc = lifecycle.Settings.from_mapping(settings)
         self.lock = None
         self.stopping = None
         self.events = []           # recent events for status/dashboard
@@ -100,7 +101,7 @@ class Runner:
         self.created = time.monotonic()
         self.positions = {t: i for i, t in enumerate(project.type_names)}
         self.app_name = settings.app_name
-        self.spread = settings.spread
+        self.spread = self.lc.spread
         self.watcher = None
         self.startup_error = None  # raised once stopped (e.g. every replica OOMKilled idle)
         self._reported_error = None  # the bad edit reported last (reported once)
@@ -112,6 +113,10 @@ class Runner:
         self.release_running = None  # the step running now
         self._release_proc = None    # its process (in state.json: a kill -9 orphans none)
         self._release_failed = None  # the files' content whose release failed (said once)
+        self._activity = None        # when the monitor last saw a change (see poll_interval)
+        self._exits_watched = False  # a pidfd per supervised process wakes the monitor
+        self._pidfds = {}
+        self._monitor_wake = None
 
     # -- lifecycle -----------------------------------------------------------
     def run(self, launched):
@@ -122,7 +127,7 @@ class Runner:
             r = self._add_replica_object(spec, launched.tails[spec.name])
             r.awaited = True  # _await_startup reports its failure, one line per type
             if launched.autostart:
-                r.spawned_at = launched.spawned_at
+                r.rec = replace(r.rec, spawned_at=launched.spawned_at)
         for svc in self.services or ():  # a service's log outlives runs: show only this run's lines
             path = self.sup.log_path(svc.name)
             self._tails[svc.name] = LogTail(path, from_start=not os.path.exists(path))
@@ -169,7 +174,7 @@ class Runner:
             if not self.autostart:
                 now = time.monotonic()
                 for r in self.replicas.values():
-                    r.spawned_at = now
+                    r.rec = replace(r.rec, spawned_at=now)
                 await asyncio.to_thread(self.sup.start_many, list(self.replicas))
             self._save_state()
             self.guard = MemoryGuard(
@@ -181,8 +186,12 @@ class Runner:
                 on_kill=lambda name, info: loop.call_soon_threadsafe(self._oom_killed, name, info),
                 on_warning=lambda name, info: loop.call_soon_threadsafe(self._memory_warning, name, info))
             self.guard.start()
+            self.health_driver = HealthDriver(self.health)
+            self.health_driver.start()
             self.api = ControlAPI(self)  # the one control surface, behind both doors
-            self.proxy = Proxy(self.pool, self.listener, self.settings,
+            # The active health check is Health's: the proxy's own checker stays off.
+            self.proxy = Proxy(self.pool, self.listener,
+                               replace(self.settings, proxy_health_interval=0),
                                local_handler=self._local_request)
             self.proxy.root_is_local = bool(self.app_name)
             await self.proxy.start()
@@ -229,10 +238,8 @@ class Runner:
             await self.proxy.close()
         if self.guard:
             self.guard.stop()
-        for r in self.replicas.values():
-            for task in (r.probe, r.restart_timer):
-                if task:
-                    task.cancel()
+        if self.health_driver:
+            self.health_driver.stop()
         if self.sup and self.sup.process:
             self.out.system("stopping replicas")
             # Services have the lowest priority: supervisord stops them after the replicas.
@@ -273,8 +280,7 @@ class Runner:
 
     def _add_replica_object(self, spec, tail=None):
         ptype = self.project.procfile.types[spec.type]
-        r = Replica(spec, ptype.command)
-        r.memory_limit = self.limits[spec.type]
+        r = Replica(spec, ptype.command, self.limits[spec.type])
         self.replicas[r.name] = r
         self._tails[r.name] = tail or LogTail.from_end(self.sup.log_path(r.name))
         return r
@@ -282,16 +288,17 @@ class Runner:
     def _add_and_start(self, names):
         self.sup.add(names)
         for name in names:
-            self.replicas[name].spawned_at = time.monotonic()
+            r = self.replicas[name]
+            r.rec = replace(r.rec, spawned_at=time.monotonic())
             self.sup.start_replica(name)
 
     async def _await_startup(self):
         """Wait until every replica answers or has failed; report, then print the URL."""
-        deadline = time.monotonic() + self.settings.ready_timeout
+        deadline = time.monotonic() + self._ready_timeout()
         t0 = self.created
         while not self.stopping.is_set():
             pending = [r for r in self.replicas.values() if not r.ready and not r.failure
-                       and not r.oomkilled]
+                       and r.state is not State.OOMKILLED]
             if not pending:
                 break
             if any(r.failure and r.failure["cannot_load"] for r in self.replicas.values()):
@@ -316,7 +323,7 @@ class Runner:
             return False
         if web and not ready:
             self.out.system("no web replica could start; stopping")
-            if all(r.oomkilled for r in web):
+            if all(r.state is State.OOMKILLED for r in web):
                 raise UsageError(
                     f"every web replica was OOMKilled while starting: the limit "
                     f"{format_size(web[0].memory_limit)} is too small for this app",
@@ -337,25 +344,36 @@ class Runner:
             if mine:
                 self.out.system(f"{type_}: {mine[0].failure['line']}")
 
+    def _ready_timeout(self):
+        """How long a new replica may take to be ready: ready_timeout, plus its CHECKS."""
+        return self.settings.ready_timeout + self.health.checks_budget()
+
     @property
     def url(self):
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}" + (f"/{self.app_name}/" if self.app_name else "")
 
+    # -- the monitor: observe, decide (lifecycle), carry out ----------------------
+    def poll_interval(self):
+        """Seconds until the next poll of supervisord: MONITOR_FAST while anything starts,
+        stops or changes (and for 2 s after), else ``monitor_idle_interval`` — a
+        replica's exit wakes the monitor at once through its pidfd (without pidfds,
+        always fast)."""
+        idle = self.settings.monitor_idle_interval if self._exits_watched else MONITOR_FAST
+        return busy_interval(time.monotonic(), self._activity, MONITOR_FAST, idle)
+
     async def _monitor(self):
-        """Follow supervisord's view of each replica (pid changes, exits): every 0.2 s
-        while anything starts, stops or changes, else every ``monitor_idle_interval`` s;
-        a replica's exit wakes it at once (pidfd), so an idle crash is seen as soon."""
-        idle = self.settings.monitor_idle_interval
+        """gunicorn's arbiter: one loop that polls supervisord, steps each replica's
+        state machine, ticks its timers, then sleeps until the next poll or deadline
+        (or until a supervised process exits)."""
         self._activity = time.monotonic()
         self._monitor_wake = asyncio.Event()
-        self._pidfds = {}
         try:
-            await self._monitor_loop(idle)
+            await self._monitor_loop()
         finally:
             self._watch_exits(())
 
-    async def _monitor_loop(self, idle):
+    async def _monitor_loop(self):
         while True:
             try:
                 infos = await asyncio.to_thread(self.sup.all_info)
@@ -371,23 +389,29 @@ class Runner:
                 self.out.system(f"supervisord did not answer: {exc}")
                 await asyncio.sleep(0.5)
                 continue
-            changed = False
-            for r in list(self.replicas.values()):
-                info = infos.get(r.name)
-                if info is not None:
-                    changed |= self._update(r, info)
+            exits = self.sup.exits()  # read after the poll: every exit it shows is logged
+            seen = self._seen()
+            for name, r in list(self.replicas.items()):
+                if name in infos:
+                    self.observe(name, self._process_info(r, infos[name], exits.get(name)))
+            for name in list(self.replicas):
+                self.observe(name)  # time-driven decisions only (back-off restarts)
+            changed = seen != self._seen()
             if self.services and self.services.update(infos, self.out):
                 changed = True
             if changed:
                 self._save_state()
             self._update_memory()
-            now = time.monotonic()
             if changed or self.lock.locked() or \
                     any(i["statename"] in TRANSITIONS for i in infos.values()):
-                self._activity = now
-            alive = self._watch_exits({i["pid"] for i in infos.values() if i["pid"]})
-            await self._monitor_sleep(busy_interval(now, self._activity, MONITOR_FAST,
-                                                    idle if alive else MONITOR_FAST))
+                self._activity = time.monotonic()
+            self._exits_watched = self._watch_exits(
+                {i["pid"] for i in infos.values() if i["pid"]})
+            await self._monitor_sleep(self._until_next_pass())
+
+    def _seen(self):
+        """What a poll can change: each replica's state and process."""
+        return {name: (r.state, r.pid) for name, r in self.replicas.items()}
 
     async def _monitor_sleep(self, seconds):
         try:
@@ -396,6 +420,13 @@ class Runner:
             return
         self._monitor_wake.clear()
         self._activity = time.monotonic()  # an exit: poll fast until supervisord has seen it
+
+    def _poke(self):
+        """The runner started or stopped something: poll now, then fast, so the new
+        process is watched (pidfd) and a quick failure is seen before any retry."""
+        self._activity = time.monotonic()
+        if self._monitor_wake is not None:
+            self._monitor_wake.set()
 
     def _watch_exits(self, pids):
         """Keep one pidfd per supervised process (replicas, services), readable when it
@@ -423,140 +454,120 @@ class Runner:
         if wake:
             self._monitor_wake.set()
 
-    def _update(self, r, info):
-        if r.oomkilled:  # OOMKILLED until _restart_now, whatever supervisord does meanwhile
-            if info["statename"] in ("STARTING", "RUNNING", "BACKOFF") and \
-                    (r.hold_down is None or r.hold_down.done()):
-                r.hold_down = asyncio.ensure_future(self._hold_down(r))  # a respawn: stop it
-            return False
-        state, pid = info["statename"], info["pid"] or None
-        changed = False
-        if pid and pid != r.pid:
-            if r.pid is not None:
-                r.restarts += 1
-                if r.state in UP_STATES and not r.oomkilled and not r.restarting:
-                    # It died and supervisord restarted it between two polls.
-                    self._exited(r, state, info, r.pid)
-                self._event("restart", f"{r.name} restarted (pid {pid})")
-            if r.restarting:  # a restart we asked for: a failure is history
-                r.failure = r.failing = None
-            r.pid, r.ready, r.oomkilled, r.restarting = pid, False, False, False
-            backend = self.pool.backends.get(r.name)
-            r.routed_at_spawn = backend.routed if backend else 0
-            r.spawned_at = r.spawned_at or time.monotonic()
-            self.pool.remove(r.name)
-            if r.type == "web":
-                self._start_probe(r)
-            if self.spread:
-                self._apply_spread(r)
-            if self.guard:
-                try:
-                    self.guard.watch(r.name, pid, r.memory_limit)
-                except ProcessLookupError:
-                    pass  # already gone; the next poll sees its successor
-            changed = True
-        if r.type != "web" and r.ready != (state == "RUNNING"):
-            # Only web replicas serve HTTP; the others are ready once supervisord
-            # has seen them stay up for startsecs.
-            r.ready = state == "RUNNING"
-            if r.ready:
-                self.out.system(f"{r.name} running (pid {pid})")
-        if state not in UP_STATES and r.ready:
-            r.ready = False
-            self.pool.remove(r.name)
-        if state in DOWN_STATES and info.get("start") != r.exit_checked and not r.failing:
-            r.exit_checked = info.get("start")  # once per spawn
-            self._exited(r, state, info, r.pid)
-        if r.failing and state not in UP_STATES:
-            state = "FATAL"  # kept down by _fail (supervisord says STOPPED or EXITED)
-        if r.oomkilled and state not in UP_STATES:
-            state = "OOMKILLED"
-        r.state = state
-        return changed
+    def _until_next_pass(self):
+        delay = self.poll_interval()
+        due = lifecycle.next_deadline([r.rec for r in self.replicas.values()])
+        return delay if due is None else max(0.0, min(delay, due - time.monotonic()))
 
-    def _exited(self, r, state, info, pid):
-        """Process ``pid`` of the replica ended (``state``: supervisord's state now; up
-        when it has respawned it already). gunicorn's app that cannot boot or load
-        (exit 3/4) and supervisord giving up are failures (_fail); other exits restart."""
-        if state == "EXITED":
-            code, sig = info.get("exitstatus"), None
-        else:  # supervisord's RPC says 0 for an exit within startsecs: its log says more
-            code, sig = self.sup.exit_status(r.name)
-        run = this_run(last_lines(self.sup.log_path(r.name), 5000, LOG_BYTES), pid)
-        load_code = load_failure(run, code, r.command)
-        r.last_exit = {"code": code, "reason": reason(load_code, sig, "exited"),
-                       "time": info.get("stop") or time.time()}
-        if state == "FATAL" or (load_code and r.served_pid != pid):
-            r.failing = asyncio.ensure_future(self._fail(r, code, sig, run))
+    def _process_info(self, r, info, logged):
+        """supervisord's info as an observation, with the exit read from its log and,
+        once per exit, gunicorn's verdict from the replica's own log."""
+        pid = info.get("pid") or None
+        if info["statename"] in _EXITED or (pid and r.pid and pid != r.pid):
+            key = (info.get("start"), info.get("stop"))
+            if key != r.exit_seen:
+                code = logged[0] if logged else (
+                    info.get("exitstatus") if info["statename"] == "EXITED" else None)
+                r.exit_seen, r.load_code = key, load_failure(self._run_log(r), code, r.command) or 0
+        else:
+            r.load_code = None
+        return ProcessInfo.from_rpc(info, time.time(), logged, r.load_code)
+
+    def _run_log(self, r):
+        """The lines of the replica's last gunicorn run (of its current pid)."""
+        return this_run(last_lines(self.sup.log_path(r.name), 5000, LOG_BYTES), r.pid)
+
+    def observe(self, name, obs=None):
+        """Step the replica's state machine with ``obs`` (None: only tick) and carry out
+        the effects; returns the task of its supervisord calls, if any."""
+        r = self.replicas.get(name)
+        if r is None:
+            return None
+        now, effects = time.monotonic(), []
+        if obs is not None:
+            r.rec, effects = lifecycle.step(r.rec, obs, now, self.lc)
+            verdict = isinstance(obs, OomKilled) and lifecycle.stop_verdict(
+                [x.rec for x in self.replicas.values()])
+            if verdict:  # nothing can ever serve: say so and stop, not run an empty proxy
+                self._carry_out(r, effects)
+                self.out.system("no web replica could start; stopping")
+                self.startup_error = UsageError(verdict.cause, self.project.limit_source)
+                self.stopping.set()
+                return None
+        r.rec, more = lifecycle.tick(r.rec, now, self.lc)
+        return self._carry_out(r, effects + more)
+
+    def _health_changed(self, name, pid, in_rotation):
+        self.observe(name, (Answered if in_rotation else Unhealthy)(pid))
+
+    def _checks_failed(self, name, pid, line):
+        """Its CHECKS failed: it stays out of rotation; a waiter (start, a roll) reports
+        it, else it is said here."""
+        r = self.replicas.get(name)
+        if r is None or r.pid != pid:
             return
-        status = f"code {code}" if code is not None else sig or "an unknown status"
-        self._event("crash", f"{r.name} (pid {pid or '-'}) exited with {status}")
-        if state == "EXITED" and code in GUNICORN_EXIT:
-            # Final for supervisord (exitcodes), not for a replica that has served:
-            # restart it as Kubernetes restarts a pod.
-            asyncio.ensure_future(asyncio.to_thread(self.sup.start_replica, r.name))
-            self.out.system(f"{r.name} exited with {status}; restarting it")
-        elif state == "EXITED" and code != 0:
-            self.out.system(f"{r.name} exited with {status}; supervisord restarts it")
-        elif state == "BACKOFF" and r.backoff_reported != r.pid:
-            r.backoff_reported = r.pid
-            self.out.system(f"{r.name} exited while starting ({status}); retrying")
+        r.failure = {"code": None, "signal": None, "cause": line, "cannot_load": False,
+                     "line": f"failed its checks: {line}"}
+        self._event("checks", f"{name} failed its checks: {line}")
+        if not r.awaited:
+            self.out.system(f"{name} failed its checks: {line}; kept out of rotation")
 
-    async def _fail(self, r, code, sig, run):
-        """The replica cannot start: keep it down (supervisord would retry it or have
-        respawned it already) and say why in one line, unless a waiter (start, a roll)
-        reports it. r.failure is set once it is down."""
-        me = asyncio.current_task()
-        await asyncio.to_thread(self.sup.stop_replica, r.name, False)
-        if r.failing is not me:
-            return  # restarted meanwhile
+    def _carry_out(self, r, effects):
+        calls = []
+        for e in effects:
+            if isinstance(e, (StopProcess, StartProcess)):
+                calls.append(e)
+                if isinstance(e, StartProcess):
+                    r.failure = None  # a failed replica gets a new chance
+            else:
+                self._EFFECTS[type(e)](self, r, e)
+        if not calls:
+            return None
+        task = asyncio.ensure_future(asyncio.to_thread(self._supervise, calls))
+        task.add_done_callback(lambda _: self._poke())
+        return task
+
+    def _supervise(self, calls):
+        """StopProcess / StartProcess, in order, on a thread."""
+        try:
+            for call in calls:
+                if isinstance(call, StopProcess):
+                    self.sup.stop_replica(call.name)
+                else:
+                    self.sup.start_replica(call.name)
+        except (OSError, Fault):
+            pass  # removed meanwhile, or supervisord is going away: the monitor sees it
+
+    def _watch_memory(self, r, e):
+        if self.guard:
+            try:
+                self.guard.watch(e.name, e.pid, e.limit)
+            except ProcessLookupError:
+                pass  # already gone; the next poll sees its successor
+
+    def _fatal(self, r, e):
+        """It cannot start: the line that says why, from its log (a waiter — start, a
+        roll — reports it, else it is printed here)."""
+        run = self._run_log(r)
+        sig = (r.last_exit or {}).get("signal")
+        line = explain(run, e.code, sig, r.command, _shown(self.sup.log_path(r.name)))
         why = cause(run)
-        line = explain(run, code, sig, r.command, _shown(self.sup.log_path(r.name)))
-        r.failure = {"code": code, "signal": sig, "cause": why, "line": line,
-                     "cannot_load": bool(load_failure(run, code, r.command))}
-        r.last_exit["cause"] = why
-        self._event("fatal", f"{r.name}: {line}")
+        r.failure = {"code": e.code, "signal": sig, "cause": why, "line": line,
+                     "cannot_load": bool(load_failure(run, e.code, r.command))}
+        r.rec = replace(r.rec, last_exit=dict(r.last_exit or {}, cause=why))
         if not r.awaited:
             self.out.system(f"{r.name}: {line}")
 
-    def _start_probe(self, r):
-        if r.probe and not r.probe.done():
-            r.probe.cancel()
-        r.probe = asyncio.ensure_future(self._probe(r, r.pid))
-
-    def _reprobe_soon(self, name):
-        r = self.replicas.get(name)
-        if r is not None and r.pid and (r.probe is None or r.probe.done()):
-            self.out.system(f"{name} out of rotation: it refused a connection or did not "
-                            "answer in time; probing until it serves again")
-            self._event("unhealthy", f"{name} out of rotation (refused or did not answer)")
-            r.ready = False
-            r.probe = asyncio.ensure_future(self._probe(r, r.pid, backoff=True))
-
-    async def _probe(self, r, pid, backoff=False):
-        """Ready = answers an HTTP request on its port (startsecs is only a timer)."""
-        delay = 0.02
-        while r.pid == pid and not self.stopping.is_set():
-            status = await http_probe("127.0.0.1", r.port, timeout=30.0)
-            if r.pid != pid:
-                return
-            if status is not None:
-                r.ready, r.served_pid = True, pid
-                if self.spread:
-                    self._apply_spread(r)  # again: workers forked since the pid appeared
-                if r.ready_after is None and r.spawned_at:
-                    r.ready_after = time.monotonic() - r.spawned_at
-                    self.out.system(f"{r.name} ready on 127.0.0.1:{r.port} "
-                                    f"(pid {pid}, {r.ready_after:.2f}s)")
-                else:
-                    self.out.system(f"{r.name} back in rotation (pid {pid})")
-                # A replica being drained/removed stays out even if a late probe answers.
-                if r.type == "web" and not getattr(r, "removing", False):
-                    self.pool.add(r.name, "127.0.0.1", r.port)
-                return
-            await asyncio.sleep(delay)
-            if backoff:
-                delay = min(delay * 2, 2.0)
+    _EFFECTS = {
+        Report: lambda self, r, e: self.out.system(e.line),
+        Event: lambda self, r, e: self._event(e.kind, e.message),
+        StartProbe: lambda self, r, e: self.health.spawned(e.name, e.pid, e.port),
+        OutOfRotation: lambda self, r, e: self.health.down(e.name),
+        WatchMemory: _watch_memory,
+        Pin: lambda self, r, e: self._apply_spread(r),
+        ScheduleRestart: lambda self, r, e: None,  # the monitor sleeps until next_deadline
+        Fatal: _fatal,
+    }
 
     def _apply_spread(self, r):
         """--spread: pin each replica's tree to its own CPUs (the local analogue of
@@ -584,93 +595,28 @@ class Runner:
         snap = self.guard.snapshot() if self.guard else {}
         for r in self.replicas.values():
             m = snap.get(r.name)
-            if m and r.pid == m.get("pid") and r.state in UP_STATES and not r.oomkilled:
+            if m and r.pid == m.get("pid") and r.state in lifecycle.UP:
                 if r.peak_pid != r.pid:  # a new process (restart): a new peak
                     r.peak_pid, r.peak_bytes = r.pid, 0
                 r.memory_bytes = m["memory_bytes"]
                 r.peak_bytes = max(r.peak_bytes, m.get("peak_bytes", 0), r.memory_bytes)
-            elif r.state not in UP_STATES:
+            elif r.state not in lifecycle.UP:
                 r.memory_bytes = 0
 
     def _guard_before_kill(self, name):
         # Runs on a helper thread with the replica's tree frozen (SIGSTOP): tell supervisord
         # this exit is a stop, so it does not restart the replica behind the guard's back;
-        # the guard SIGKILLs the group right after. If this loses the race, _hold_down
-        # stops the respawn.
+        # the guard SIGKILLs the group right after. If this loses the race, the monitor
+        # sees the respawn of a held replica and stops it (lifecycle's hold-down).
         self.sup.stop_replica(name, wait=False)
 
     def _oom_killed(self, name, info):
         r = self.replicas.get(name)
         if r is None:
             return
-        was_ready = r.ready
-        backend = self.pool.backends.get(name)
-        # Killed before it served a single request: its idle memory is over the limit.
-        r.killed_idle = backend is None or backend.routed == r.routed_at_spawn
-        r.oomkilled = True
-        r.ready = False
-        r.oom_kills += 1
-        r.state = "OOMKILLED"
         r.memory_bytes = 0
-        r.peak_bytes = max(r.peak_bytes, info.get("peak_bytes", 0), info.get("memory_bytes", 0))
-        used, limit = info.get("memory_bytes", 0), info.get("limit_bytes", r.memory_limit)
-        metric = info.get("metric", "memory")
-        r.last_exit = {"code": 137, "reason": "OOMKilled", "signal": "SIGKILL",
-                       "time": info.get("time", time.time()), "pid": info.get("pid"),
-                       "metric": metric, "memory_bytes": used,
-                       "peak_bytes": info.get("peak_bytes"), "limit_bytes": limit,
-                       "reaction_s": round(info.get("reaction_s", 0.0), 4)}
-        self.pool.remove(name)
-        if r.probe and not r.probe.done():
-            r.probe.cancel()  # it would poll the dead port until the restart
-        policy = self.settings.on_limit
-        when = "" if was_ready else " while starting (the limit may be too small for this app)"
-        self.out.system(f"!!! {name} OOMKilled{when}: {metric} {format_size(used)} reached its "
-                        f"limit {format_size(limit)}; killed all {len(info.get('pids') or [])} "
-                        f"of its processes (exit 137); "
-                        + (f"it stays down until `dashscale restart {name}`"
-                           if policy == "stop" else "it restarts with back-off"))
-        self._event("oomkill", f"{name} OOMKilled: {metric} {format_size(used)} reached its "
-                               f"limit {format_size(limit)}")
-        r.hold_down = asyncio.ensure_future(self._hold_down(r))
-        web = [x for x in self.replicas.values() if x.type == "web"]
-        if web and all(x.oomkilled and x.killed_idle for x in web):
-            # Nothing can ever serve: say so and stop, rather than run an empty proxy.
-            self.out.system("no web replica could start; stopping")
-            self.startup_error = UsageError(
-                f"every web replica was OOMKilled while starting: the limit "
-                f"{format_size(web[0].memory_limit)} is too small for this app",
-                self.project.limit_source)
-            self.stopping.set()
-            return
-        if policy == "restart":
-            self._schedule_crashloop_restart(r)
-
-    async def _hold_down(self, r, timeout=30.0):
-        """supervisord must not restart an OOM-killed replica behind the guard's back.
-        before_kill told it the exit is a stop; if that request lost the race with the
-        SIGKILL, supervisord saw an unexpected exit and respawns: stop the respawn. Also
-        started by _update whenever supervisord runs an OOMKILLED replica."""
-        from xmlrpc.client import Fault
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and r.oomkilled and self.replicas.get(r.name) is r:
-            try:
-                info = await asyncio.to_thread(self.sup.call, "getProcessInfo", r.name)
-            except (OSError, Fault):
-                return
-            state = info["statename"]
-            if state in ("STOPPED", "EXITED", "FATAL"):
-                return  # nothing runs (a later respawn brings _update back here)
-            if state in ("STARTING", "RUNNING", "BACKOFF"):
-                async with self.lock:
-                    if r.oomkilled and self.replicas.get(r.name) is r:
-                        await asyncio.to_thread(self.sup.stop_replica, r.name)
-                        self.out.system(f"{r.name} was started again behind the guard's back "
-                                        f"(pid {info['pid'] or '-'}); stopped it: an OOMKILLED "
-                                        "replica restarts only through dashscale")
-                        self._event("oomkill", f"{r.name}: stopped a restart by supervisord")
-                continue
-            await asyncio.sleep(0.05)  # STOPPING: wait for the outcome
+        r.peak_bytes = max(r.peak_bytes, info.get("peak_bytes") or 0, info.get("memory_bytes", 0))
+        self.observe(name, OomKilled.from_guard(info, self.health.served_since_spawn(name)))
 
     def _memory_warning(self, name, info):
         r = self.replicas.get(name)
@@ -682,45 +628,7 @@ class Runner:
             self._event("memory", f"{name} passed 80% of its memory limit "
                                   f"({format_size(used)} of {format_size(limit)})")
 
-    def _schedule_crashloop_restart(self, r):
-        """Kubernetes CrashLoopBackOff: 10 s, doubling to 300 s, reset after 10 min up
-        (backoff_initial / backoff_max / backoff_reset)."""
-        initial = self.settings.backoff_initial
-        cap = self.settings.backoff_max
-        reset = self.settings.backoff_reset
-        healthy_for = time.monotonic() - (r.spawned_at or 0)
-        if r.crashloop_delay is None or healthy_for >= reset:
-            r.crashloop_delay = min(initial, cap)
-        else:
-            r.crashloop_delay = min(r.crashloop_delay * 2, cap)
-        delay = r.crashloop_delay
-        if r.last_exit is not None:
-            r.last_exit["restart_delay_s"] = delay
-            r.last_exit["restart_at"] = time.time() + delay
-        if r.restart_timer and not r.restart_timer.done():
-            r.restart_timer.cancel()
-
-        async def later():
-            await asyncio.sleep(delay)
-            async with self.lock:
-                if self.replicas.get(r.name) is r and r.oomkilled:
-                    await asyncio.to_thread(self._restart_now, r.name)
-
-        self.out.system(f"{r.name} restarts in {delay:g}s (CrashLoopBackOff)")
-        self._event("backoff", f"{r.name} restarts in {delay:g}s (back-off)")
-        r.restart_timer = asyncio.ensure_future(later())
-
     # -- live changes (control API) -------------------------------------------
-    def _restart_now(self, name):
-        r = self.replicas[name]
-        r.restarting = True
-        r.failure = r.failing = None  # a failed replica gets a new chance
-        r.spawned_at = time.monotonic()
-        self.pool.remove(name)
-        self.sup.stop_replica(name)
-        r.oomkilled = False  # from here on _update follows supervisord again
-        self.sup.start_replica(name)
-
     async def restart(self, target=None, rolling=False):
         async with self.lock:
             names = self._select(target)
@@ -739,10 +647,9 @@ class Runner:
                     await self._roll(type_, group)
             else:
                 for name in names:
-                    r = self.replicas[name]
-                    if r.restart_timer:
-                        r.restart_timer.cancel()
-                    await asyncio.to_thread(self._restart_now, name)
+                    calls = self.observe(name, RestartRequested())
+                    if calls:
+                        await calls
             if deploy:
                 await self._after_deploy(self.project.release_steps)
             self._event("restart", f"restarted {', '.join(names)}" + (" (rolling)" if rolling else ""))
@@ -776,7 +683,7 @@ class Runner:
     async def _roll(self, type_, names):
         """Replace replicas one at a time: start a new one, wait until it serves, then
         drain and stop an old one — serving capacity never drops."""
-        timeout = self.settings.ready_timeout
+        timeout = self._ready_timeout()
         for old_name in names:
             [new] = await self._add_replicas(type_, 1)
             new.awaited = True  # its failure is reported here, with the roll
@@ -812,7 +719,7 @@ class Runner:
             self._event("scale", f"scaled to {format_formation(counts)}")
             self.out.system(f"formation is now {format_formation(counts)}")
             self._save_state()
-            timeout = self.settings.ready_timeout
+            timeout = self._ready_timeout()
             await asyncio.gather(*(self._wait_ready(r, timeout) for r in added))
             return counts
 
@@ -853,23 +760,22 @@ class Runner:
                 raise RuntimeFailure(f"port {spec.port} for {spec.name} is in use")
         new = [self._new_replica(spec) for spec in specs]
         await asyncio.to_thread(self._add_and_start, [r.name for r in new])
+        self._poke()
         return new
 
     async def _remove_replica(self, r):
         """Drain (no new requests; in-flight ones finish within the grace), then stop."""
         grace = self.settings.stop_timeout
-        r.removing = True
+        self.observe(r.name, Removing())
+        self.health.removing(r.name)
         drained = await self.pool.drain(r.name, grace)
         if not drained:
             self.out.system(f"{r.name}: requests still in flight after {grace:g}s; stopping anyway")
         if self.guard:
             self.guard.unwatch(r.name)
-        for task in (r.probe, r.restart_timer):
-            if task:
-                task.cancel()
         await asyncio.to_thread(self.sup.remove, r.name)
         self.project.pods.discard(r.name)
-        self.pool.forget(r.name)
+        self.health.gone(r.name)
         self.replicas.pop(r.name, None)
         self._tails.pop(r.name, None)
 
@@ -1012,6 +918,7 @@ class Runner:
                     counts.update({t: n for t, n in saved.items()
                                    if scale_changed or t not in self.counts})
                 counts = resolve_formation(types, counts, **caps)
+                checks = load_checks(self.project.directory)
             except UsageError as exc:
                 if exc.file is None:  # a cap or formation error: say which file caused it
                     exc.file = self.project.scale_file if self.project.scale_file in paths \
@@ -1019,6 +926,7 @@ class Runner:
                 self._reload_error(exc)
                 return False
             self._reported_error = None
+            self._set_checks(checks)
             old = self.project.procfile.types
             env_changed = env != self.project.env
             removed = [t for t in self.project.type_names if t not in types]
@@ -1069,6 +977,14 @@ class Runner:
             self._event("reload", summary)
             return True
 
+    def _set_checks(self, checks):
+        """An edit of CHECKS applies to the next new process (start, scale-up, roll)."""
+        if checks != self.project.checks:
+            self.project.checks = self.health.checks = checks
+            what = "removed" if checks is None else f"{len(checks.checks)} check(s)"
+            self.out.system(f"reload: CHECKS {what}; applies to new replicas from now on")
+            self._event("reload", f"CHECKS: {what}")
+
     def _reload_error(self, exc):
         """Say what is wrong with an edit once per content of the files: an editor's
         saves of the same bad text are not news."""
@@ -1090,6 +1006,7 @@ class Runner:
         stats = self.pool.stats()
         for item in replicas:
             item["proxy"] = stats.get(item["name"], {"inflight": 0, "served": 0, "errors": 0})
+            item["checks"] = self.health.checks_of(item["name"])
         return {
             "app_name": self.app_name or None,
             "spread": self.spread,
@@ -1160,8 +1077,7 @@ class Runner:
                     last_line = time.monotonic()
             now = time.monotonic()
             await asyncio.sleep(min(busy_interval(now, last_line, TAIL_FAST, TAIL_IDLE),
-                                    busy_interval(now, getattr(self, "_activity", None),
-                                                  TAIL_FAST, TAIL_IDLE)))
+                                    busy_interval(now, self._activity, TAIL_FAST, TAIL_IDLE)))
 
     def _tail_once(self, r):
         """Print what was added to r's log; returns how many lines."""
@@ -1198,26 +1114,3 @@ def _empty(path):
 def _order_key(name):
     type_, _, index = name.rpartition(".")
     return (type_, int(index) if index.isdigit() else 0)
-
-
-async def http_probe(host, port, timeout):
-    """The status code of `GET /` on the replica, or None if it does not answer."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, asyncio.TimeoutError):
-        return None
-    try:
-        # Any HTTP answer means the app is loaded and serving. A path the app does not
-        # route costs it ~1 ms; its index page (a Dash layout render) ~15 ms of CPU,
-        # taken from replicas still booting.
-        writer.write(b"GET /_dashscale/ready HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: dashscale-probe\r\n"
-                     b"Connection: close\r\n\r\n" % (host.encode(), port))
-        line = await asyncio.wait_for(reader.readline(), timeout)
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1].isdigit():
-            return int(parts[1])
-        return None
-    except (OSError, asyncio.TimeoutError):
-        return None
-    finally:
-        writer.close()

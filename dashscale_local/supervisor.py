@@ -22,7 +22,7 @@ import time
 
 from .commands import is_compound, leading_assignment, replica_command, runs_gunicorn
 from .config import packaged_text
-from .failure import GUNICORN_EXIT, supervisord_exit
+from .failure import GUNICORN_EXIT
 from .output import LogTail, last_lines
 from .errors import RuntimeFailure
 
@@ -322,12 +322,6 @@ class Supervisord:
             if fault.faultCode != BAD_NAME:
                 raise
         self.remove_program_file(name)
-
-    def exit_status(self, name):
-        """(code, signal) of ``name``'s last exit from supervisord's log: its RPC says 0
-        for a process that exited within startsecs (BACKOFF, FATAL)."""
-        path = os.path.join(self.run_dir, "logs", "supervisord.log")
-        return supervisord_exit(last_lines(path, 2000), name)
 
     def all_info(self):
         return {info["name"]: info for info in self.call("getAllProcessInfo")}

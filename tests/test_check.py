@@ -2,6 +2,7 @@
 code) it must produce, plus `--measure` on a real replica of the echo app."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -251,9 +252,12 @@ def test_measure_failure_quotes_the_cause(tmp_path):
         data = json.loads(result.stdout)
         [error] = data["errors"]
         assert error["code"] == "measure-failed" and error["line"] == 1
-        assert error["message"] == (
-            "--measure: web.1 did not answer HTTP: worker failed to boot (exit 3): "
-            "ModuleNotFoundError: No module named 'plotly_theme_kit_missing'")
+        # gunicorn ≥24 with 2 workers failing at once can die of a second HaltServer
+        # while stopping: its real exit status is then 1 (seen once in a few runs).
+        assert re.fullmatch(
+            r"--measure: web\.1 did not answer HTTP: worker failed to boot \(exit [31]\): "
+            r"ModuleNotFoundError: No module named 'plotly_theme_kit_missing'",
+            error["message"]), error["message"]
         assert not processes_with_marker(marker)
     finally:
         for proc in processes_with_marker(marker):

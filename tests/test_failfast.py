@@ -32,8 +32,10 @@ def test_start_gives_up_at_once_with_one_line_per_type(dashscale, tmp_path):
     assert code == 1, out
     lines = system_lines(out)
     [web] = [line for line in lines if "Failed to find attribute" in line]
-    assert web == ("web: app failed to load (exit 4): Failed to find attribute 'server' in "
-                   "'app'. — see .dashscale/logs/web.1.log")
+    # gunicorn ≥24 with 2 workers failing at once can die of a second HaltServer while
+    # stopping: its real exit status is then 1 (supervisord's log says so; seen once in 5 runs).
+    assert re.fullmatch(r"web: app failed to load \(exit [41]\): Failed to find attribute "
+                        r"'server' in 'app'\. — see \.dashscale/logs/web\.1\.log", web), web
     [api] = [line for line in lines if "plotly_theme_kit_missing" in line]
     assert api == ("api: worker failed to boot (exit 3): ModuleNotFoundError: No module "
                    "named 'plotly_theme_kit_missing' — see .dashscale/logs/api.1.log")

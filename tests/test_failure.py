@@ -5,7 +5,8 @@ import os
 import pytest
 
 from dashscale_local.commands import runs_gunicorn
-from dashscale_local.failure import cause, explain, load_failure, supervisord_exit, this_run
+from dashscale_local.failure import cause, explain, load_failure, this_run
+from dashscale_local.lifecycle import supervisord_exit
 
 LOGS = os.path.join(os.path.dirname(__file__), "fixtures", "gunicorn_logs")
 GUNICORN = "gunicorn app:server --workers 2"
@@ -86,8 +87,13 @@ def test_exit_3_of_another_program_is_not_gunicorn_s():
 
 def test_supervisord_log_keeps_the_real_exit_status():
     lines = ["2026-12-07 01:43:09,102 WARN exited: web.3 (exit status 1; not expected)",
-             "2026-12-07 01:43:09,393 WARN exited: web.1 (exit status 4; not expected)",
+             "2026-12-07 01:43:09,393 WARN exited: web.4 (exit status 4; not expected)",
              "2026-12-07 01:43:10,393 WARN exited: web.10 (terminated by SIGKILL; not expected)"]
-    assert supervisord_exit(lines, "web.1") == (4, None)
-    assert supervisord_exit(lines, "web.10") == (None, "SIGKILL")
-    assert supervisord_exit(lines, "web.2") == (None, None)
+    assert [supervisord_exit(line) for line in lines] == [
+        ("web.3", 1, None), ("web.4", 4, None), ("web.10", 137, "SIGKILL")]
+    assert supervisord_exit("2026-12-07 01:43:09,102 INFO spawned: 'web.2' with pid 7") is None
+
+
+def test_messages_of_two_workers_run_together_give_one_cause():
+    line = "Failed to find attribute 'server' in 'app'."
+    assert cause([line + line, "[2026-12-07 01:43:09 +0000] [7] [ERROR] Shutting down"]) == line

@@ -7,7 +7,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 from dashscale_local.balancer import Pool
 from dashscale_local.health import Health, HealthDriver, Probe
-from dashscale_local.runner import http_probe
+from dashscale_local.health import http_probe
 
 
 class Clock:
@@ -125,6 +125,34 @@ def test_idle_costs_no_wakeups_when_nothing_is_in_rotation_or_checks_are_off():
     off.spawned("web.1", 100, 5006)
     answer(off, 200)
     assert off.next_due() is None
+
+
+def test_active_check_backs_off_while_no_request_comes_and_a_request_resets_it():
+    """Under the runner (it sees exits itself) the period doubles after each round
+    without a request, up to idle_interval; a request brings back the base period."""
+    clock, pool = Clock(), Pool()
+    health = Health(pool, interval=2.0, idle_interval=10.0, clock=clock)
+    health.spawned("web.1", 100, 5006)
+    answer(health, 200)
+
+    def rounds(n):
+        periods = []
+        for _ in range(n):
+            clock.now = health.next_due()
+            answer(health, True, kind="tcp")
+            periods.append(health.next_due() - clock.now)
+        return periods
+    assert rounds(5) == [2, 4, 8, 10, 10]  # the first round counts as busy (no baseline)
+    pool.backends["web.1"].routed += 1     # a request came
+    assert rounds(2) == [2, 4]
+    pool.backends["web.1"].inflight = 1    # one still in flight: busy
+    assert rounds(2) == [2, 2]
+    pool.backends["web.1"].inflight = 0
+    health.down("web.1")                   # the rotation empties: back to the base period
+    health.spawned("web.1", 101, 5006)
+    answer(health, 200)
+    assert health.next_due() == clock.now + 2.0
+    assert make()[0].idle_interval == 2.0  # without idle_interval: no back-off
 
 
 def test_removal_while_probing_keeps_it_out_even_if_the_probe_answers():
@@ -245,5 +273,75 @@ def test_driver_probes_a_real_socket_and_puts_the_replica_in_rotation():
         assert health.in_rotation() == [] and changes[-1] == ("web.1", 1, False)
         driver.stop()
         assert driver.task is None and not driver.probes
+
+    asyncio.run(main())
+
+
+# ─── CHECKS ─────────────────────────────────────────────────────────────────────────
+def test_checks_gate_a_new_process_and_a_failure_keeps_it_out():
+    from dashscale_local.checks import parse_checks
+    health, pool, clock, changes = make()
+    failed = []
+    health.on_checks_failed = lambda *a: failed.append(a)
+    assert health.checks_of("web.1") is None and health.checks_budget() == 0
+    health.checks = parse_checks("WAIT=1\nTIMEOUT=2\nATTEMPTS=3\n/health\n/ Hello\n")
+    assert health.checks_budget() == 3 * (1 + 2 * 2)
+    health.spawned("web.1", 100, 5006)
+    assert health.checks_of("web.1") == "pending"
+    answer(health, 200)                      # it answers HTTP: now its checks, not traffic
+    assert health.in_rotation() == [] and changes == []
+    assert health.due() == [Probe("web.1", 100, 5006, "checks")]
+    assert health.due() == []                # running
+    health.result(Probe("web.1", 100, 5006, "checks"), None)
+    assert health.in_rotation() == ["web.1"] and health.checks_of("web.1") == "passed"
+    assert changes == [("web.1", 100, True)]
+    # a process that fails its checks stays out and is not probed again
+    health.spawned("web.2", 101, 5007)
+    answer(health, 200)
+    answer(health, "CHECKS:5: GET /: 'Hello' not in the response", kind="checks")
+    assert health.in_rotation() == ["web.1"] and health.due() == []
+    assert health.next_due() == clock.now + 2.0  # only the active check of web.1
+    assert health.checks_of("web.2") == "failed: CHECKS:5: GET /: 'Hello' not in the response"
+    assert failed == [("web.2", 101, "CHECKS:5: GET /: 'Hello' not in the response")]
+    # back from an unhealthy spell: not checked again
+    backend = pool.backends["web.1"]
+    pool.acquire(backend)
+    pool.connect_failed(backend)
+    answer(health, 200)
+    assert health.in_rotation() == ["web.1"] and health.checks_of("web.1") == "passed"
+
+
+def test_driver_runs_the_checks_under_the_app_prefix():
+    """The I/O part: the CHECKS requests reach the replica under /NAME/."""
+    from dashscale_local.checks import parse_checks
+
+    async def main():
+        seen = []
+
+        async def serve(reader, writer):
+            line = await reader.readline()
+            seen.append(line.split()[1].decode())
+            body = b"all good" if seen[-1] == "/demo/health" else b"nope"
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        health = Health(Pool(), interval=0)
+        health.checks = parse_checks("WAIT=0\nTIMEOUT=2\nATTEMPTS=1\n/health good\n")
+        health.prefix = "/demo/"
+        driver = HealthDriver(health, http_timeout=2.0, http=http_probe)
+        driver.start()
+        health.spawned("web.1", 1, port)
+        for _ in range(300):
+            if health.in_rotation():
+                break
+            await asyncio.sleep(0.01)
+        driver.stop()
+        server.close()
+        await server.wait_closed()
+        assert health.in_rotation() == ["web.1"] and health.checks_of("web.1") == "passed"
+        assert "/demo/health" in seen
 
     asyncio.run(main())

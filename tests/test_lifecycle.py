@@ -161,7 +161,8 @@ def test_gunicorn_exit_3_or_4_while_starting_is_fatal_at_once(code, reason):
 
 def test_gunicorn_exit_after_startsecs_and_respawn_between_polls_is_fatal_too():
     x = Replica()
-    x.up(100)
+    x.sup("STARTING", 100)
+    x.sup("RUNNING", 100)  # up for startsecs, but it never answered HTTP
     effects = x.sup("STARTING", 101, exit_code=4)  # exited 4, supervisord restarted it
     assert x.r.state is State.FATAL and StopProcess("web.1") in effects
     assert (x.r.pid, x.r.restarts) == (100, 0)  # the restart is suppressed, not adopted
@@ -172,7 +173,7 @@ def test_gunicorn_exit_after_startsecs_and_respawn_between_polls_is_fatal_too():
     assert x.r.state is State.FATAL
     # EXITED with the code in the RPC itself (no log line needed)
     y = Replica()
-    y.up(100)
+    y.sup("RUNNING", 100)
     effects = y.sup("EXITED", 0, exitstatus=3)
     assert of(effects, Fatal) == [Fatal("web.1", 3, "worker failed to boot")]
     assert StopProcess("web.1") in effects and y.r.state is State.FATAL
@@ -192,8 +193,28 @@ def test_fatal_replica_restarts_only_on_request():
     assert lines(x.see(Answered(101), at=51.0)) == [
         "web.1 ready on 127.0.0.1:5006 (pid 101, 1.00s)"]
     x.sup("RUNNING", 101)
-    effects = x.sup("EXITED", 0, exitstatus=4, exit_code=4)  # still broken: FATAL again
+    # It served, then exited 4 (final for supervisord): restarted, as k8s restarts a pod.
+    effects = x.sup("EXITED", 0, exitstatus=4, exit_code=4)
+    assert of(effects, Fatal) == [] and not x.r.held and StartProcess("web.1") in effects
+    assert lines(effects) == ["web.1 exited with code 4; restarting it"]
+    x.sup("STARTING", 102)
+    assert x.r.state is State.STARTING and x.r.restarts == 2
+    # This one never answers and exits 4: it cannot boot, FATAL.
+    effects = x.sup("BACKOFF", 0, exit_code=4)
     assert of(effects, Fatal) == [Fatal("web.1", 4, "app failed to load")] and x.r.held
+
+
+def test_the_logs_verdict_decides_over_the_exit_code():
+    """gunicorn ≥24 (or --preload) exits 1 when the app cannot load; a command that is
+    not gunicorn may exit 3 for its own reasons: the runner's reading of the log wins."""
+    x = Replica()
+    x.sup("STARTING", 100)
+    effects = x.sup("BACKOFF", 0, exit_code=1, load_code=4)
+    assert of(effects, Fatal) == [Fatal("web.1", 1, "app failed to load")]
+    y = Replica()
+    y.sup("STARTING", 100)
+    assert of(y.sup("BACKOFF", 0, exit_code=3, load_code=0), Fatal) == []
+    assert y.r.state is State.BACKOFF
 
 
 def test_backoff_while_starting_then_fatal_after_retries():

@@ -4,6 +4,7 @@ The guard's speed goal (≤0.5 s) is the benchmark's (benchmarks/bench_memory_gu
 here the bounds are generous and the point is the behaviour: who is killed, how it is
 reported, who is left alone, what restarts it and when.
 """
+import http.client
 import os
 import subprocess
 import sys
@@ -46,8 +47,8 @@ def hog(run, name, mib=30, max_steps=20):
                 run.get(f"/alloc?mib={mib}", timeout=10)
             else:
                 direct_get(port, f"/alloc?mib={mib}")
-        except (OSError, urllib.error.URLError):
-            return  # killed (mid-request or refused)
+        except (OSError, urllib.error.URLError, http.client.HTTPException):
+            return  # killed (mid-request, mid-response or refused)
         if run.replica(name)["state"] == "OOMKILLED":
             return
         time.sleep(0.3)  # the guard sweeps every 0.25 s: it sees each level (the warning)

@@ -733,52 +733,41 @@ def test_busy_sync_replica_is_not_evicted(env_factory):
         srv.close()
 
 
-def test_runner_reprobe_with_backoff_puts_replica_back(env_factory):
-    """The runner's passive path: connect failure → _reprobe_soon → HTTP probe with
+def test_health_reprobe_with_backoff_puts_replica_back(env_factory):
+    """The runner's passive path: connect failure → Health re-probes over HTTP with
     back-off → pool.add, and not while the replica is being removed."""
-    import asyncio
-    import types
-
-    from dashscale_local.runner import Runner
+    from dashscale_local.health import Health, HealthDriver
 
     env = env_factory(n=2)
     port = env.backends[0].port
-    runner = object.__new__(Runner)
-    runner.pool = env.pool
-    runner.replicas = {}
-    runner.spread = False
-    runner.events = []
-    runner.out = types.SimpleNamespace(system=lambda msg: messages.append(msg))
-    messages = []
+    changes = []
+    health = Health(env.pool, interval=0, on_change=lambda *c: changes.append(c))
+    driver = HealthDriver(health, http_timeout=2.0)
 
     async def setup():
-        runner.stopping = asyncio.Event()
         for i, b in enumerate(env.backends, 1):
-            r = types.SimpleNamespace(name=b.name, type="web", port=b.port, pid=1000 + i,
-                                      probe=None, ready=True, ready_after=0.1, spawned_at=1.0)
-            runner.replicas[b.name] = r
-        env.pool.on_connect_failure = runner._reprobe_soon
+            health.spawned(b.name, 1000 + i, b.port)
+        driver.start()
 
     env.lt.run(setup())
+    env.wait(lambda: health.in_rotation() == ["web.1", "web.2"], timeout=5, message="ready")
     env.lt.run(env.backends[0].stop())
     assert env.get("/").header(b"x-dashscale-replica") == b"web.2"
-    assert runner.replicas["web.1"].ready is False
-    time.sleep(0.3)
+    assert ("web.1", 1001, False) in changes
     assert not env.pool.backends["web.1"].in_rotation
     env.lt.run(env.backends[0].start(port))
     env.wait(lambda: env.pool.backends["web.1"].in_rotation, timeout=5, message="re-added")
-    assert runner.replicas["web.1"].ready
-    assert any("back in rotation" in m for m in messages)
+    assert changes[-1] == ("web.1", 1001, True)
     # a replica being removed (draining) is not put back by a late probe
     env.lt.run(env.backends[0].stop())
     env.get("/")
     env.get("/")
     assert not env.pool.backends["web.1"].in_rotation
-    runner.replicas["web.1"].removing = True
+    env.lt.call(health.removing, "web.1")
     env.lt.run(env.backends[0].start(port))
-    time.sleep(2.5)
-    assert not env.pool.backends["web.1"].in_rotation
-    env.lt.call(runner.stopping.set)
+    with pytest.raises(AssertionError, match="timed out"):
+        env.wait(lambda: env.pool.backends["web.1"].in_rotation, timeout=2.5, message="late")
+    env.lt.call(driver.stop)
 
 
 # --------------------------------------------------------------------------- observability

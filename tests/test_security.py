@@ -178,16 +178,18 @@ def test_run_directory_is_private(dashscale, app_dir):
     assert m["supervisor.sock"] == 0o700
     assert m["control.sock"] == 0o600
     launchers = [p for p in m if p.startswith("launch" + os.sep)]
-    # a launcher per replica, and (own disks, the default) the pod script that execs it
-    assert len(launchers) == 6 and all(m[p] == 0o600 for p in launchers)
+    pod_scripts = [p for p in launchers if p.endswith(".pod.sh")]  # podfs: one per replica
+    assert len(launchers) == 6 and len(pod_scripts) == 3
+    assert all(m[p] == 0o600 for p in launchers)
     for must in ("supervisord.conf", "state.json", "formation", "logs/supervisord.log",
                  "logs/web.1.log", "logs/web.2.log", "logs/worker.1.log", "supervisord.pid"):
         assert must in m, (must, sorted(m))
-    # The app's own files keep their modes in its snapshots, pods and ../mount (as in a
-    # pod): the 0700 run directory is what keeps them private.
-    app_data = ("deploys", "pods", "mount")
-    loose = {p: oct(mode) for p, mode in m.items()
-             if mode & 0o077 and p.split(os.sep)[0] not in app_data}
+    # podfs: the replicas' copies of the app tree (deploys/, pods/) and the shared
+    # ../mount keep the user's own modes, as their source tree has; only the private
+    # run directory leads to them.
+    assert m["deploys"] == m["pods"] == 0o700
+    tree = ("deploys" + os.sep, "pods" + os.sep, "mount")
+    loose = {p: oct(mode) for p, mode in m.items() if mode & 0o077 and not p.startswith(tree)}
     assert not loose, f"group/world bits in .dashscale: {loose}"
     # ... while the replicas keep the user's umask for the files they write themselves.
     for proc in processes_with_marker(run.run_id):
@@ -338,7 +340,8 @@ def test_env_values_never_printed(dashscale, app_dir):
     """A .env secret reaches the app, but is in no output, status, config or log: not in
     `dashscale` output, `status` / `status --json`, the dashboard's status, `check`,
     supervisord's config/logs/program files, state.json, any replica's command line;
-    only in the launcher scripts, which are 0600. Also across an .env change (rolling)."""
+    only in the launcher scripts, which are 0600 (and in the replicas' copies of the app
+    tree, .env included, under the 0700 run directory). Also across an .env change."""
     (app_dir / ".env").write_text(f"SECRET_TOKEN={SECRET}\nOTHER=plain\n")
     run = dashscale(ECHO, formation="web=2")
     body = json.loads(run.get("/env?keys=SECRET_TOKEN")[2])
@@ -366,9 +369,12 @@ def test_env_values_never_printed(dashscale, app_dir):
             path = os.path.join(root, name)
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 continue
-            if os.path.relpath(path, run.run_dir).startswith("launch" + os.sep):
+            rel = os.path.relpath(path, run.run_dir)
+            if rel.startswith("launch" + os.sep):
                 launchers.append(path)
                 continue
+            if rel.startswith(("deploys" + os.sep, "pods" + os.sep)):
+                continue  # podfs: the replicas' copies of the app tree (its .env too)
             with open(path, "rb") as f:
                 texts[os.path.relpath(path, run.run_dir)] = f.read().decode("latin-1")
     assert "supervisord.conf" in texts and "logs/supervisord.log" in texts
