@@ -10,8 +10,9 @@ import urllib.error
 import pytest
 
 from dashscale_local.testing import wait_for
+from tests import TESTS
 
-SHAPES = os.path.join(os.path.dirname(__file__), "fixtures", "shapes")
+SHAPES = os.path.join(TESTS, "fixtures", "shapes")
 pytestmark = pytest.mark.slow
 
 

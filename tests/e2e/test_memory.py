@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from dashscale_local.memory import MemoryGuard
+from tests import TESTS
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
 
-HOG = Path(__file__).parent / "helpers" / "hog.py"
+HOG = Path(TESTS) / "helpers" / "hog.py"
 MiB = 1 << 20
 
 

@@ -16,15 +16,11 @@ import zipfile
 
 import pytest
 
-from dashscale_local.errors import UsageError
-from dashscale_local.pyenv import PythonEnv, missing_programs, program_of, resolve
-from dashscale_local.procfile import load_procfile
 from dashscale_local.testing import Run, processes_with_marker, wait_for
+from tests import REPO, TESTS
+from tests.venvs import cached_venv, clean_copy, older_python
 
-from .venvs import cached_venv, clean_copy, older_python
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(REPO, "tests", "fixtures", "own_env")
+FIXTURES = os.path.join(TESTS, "fixtures", "own_env")
 FIXTURE_DEP = os.path.join(FIXTURES, "fixture_dep")
 PROCFILE = "web: gunicorn app:server --workers 2\n"
 # The oldest supported stack: Dash 2.0 runs on Flask/Werkzeug 2.0, gunicorn 20.0.
@@ -94,12 +90,6 @@ def _serves_from(run, venv, source):
     assert os.path.realpath(os.path.dirname(os.path.dirname(st["python"]["path"]))) == venv
     assert "dashscale | python: " in run.output()
     return rt
-
-
-def _without_venv(env=None):
-    env = dict(env or os.environ)
-    env.pop("VIRTUAL_ENV", None)
-    return env
 
 
 @pytest.mark.slow
@@ -230,101 +220,6 @@ def test_bad_python_option_is_a_usage_error(project):
     assert result.stderr.strip() == \
         f"dashscale: --python = {project / 'nope'}: no such file or directory"
     assert not os.path.exists(run.run_dir)
-
-
-# ─── resolution order (no processes) ──────────────────────────────────────────────────
-def _fake_venv(path):
-    (path / "bin").mkdir(parents=True)
-    (path / "pyvenv.cfg").write_text("home = /usr/bin\n")
-    python = path / "bin" / "python"
-    python.write_text("#!/bin/sh\n")
-    python.chmod(0o755)
-    return path
-
-
-def test_resolution_order(tmp_path):
-    explicit, active = _fake_venv(tmp_path / "explicit"), _fake_venv(tmp_path / "active")
-    app = tmp_path / "app"
-    app.mkdir()
-    environ = {"VIRTUAL_ENV": str(active)}
-
-    def source(**kw):
-        env = resolve(str(app), environ=environ, **kw)
-        return env.source, env.venv
-
-    assert source(explicit=str(explicit), explicit_source="--python") == \
-        ("--python", str(explicit))
-    _fake_venv(app / "venv")
-    _fake_venv(app / ".venv")
-    assert source() == ("VIRTUAL_ENV", str(active))
-    del environ["VIRTUAL_ENV"]
-    assert source() == (".venv", str(app / ".venv"))
-    shutil.rmtree(app / ".venv")
-    assert source() == ("venv", str(app / "venv"))
-    shutil.rmtree(app / "venv")
-    own = resolve(str(app), environ=environ)
-    assert (own.source, own.python) == ("dashscale", sys.executable)
-
-
-def test_explicit_path_forms_and_errors(tmp_path):
-    venv = _fake_venv(tmp_path / "v")
-    by_binary = resolve(str(tmp_path), str(venv / "bin" / "python"), "--python", environ={})
-    by_dir = resolve(str(tmp_path), str(venv), "--python", environ={})
-    relative = resolve(str(tmp_path), "v", "dashscale.ini: python", environ={})
-    assert by_binary == by_dir == PythonEnv(str(venv / "bin" / "python"), "--python",
-                                            "from --python")
-    assert relative.python == str(venv / "bin" / "python")  # relative to the Procfile
-    assert relative.why == "from dashscale.ini: python"
-    (tmp_path / "plain").write_text("")
-    for value, why in [("missing", "no such file or directory"),
-                       ("plain", "not a python executable nor a venv"),
-                       (".", "not a python executable nor a venv")]:
-        with pytest.raises(UsageError) as err:
-            resolve(str(tmp_path), value, "dashscale.ini: python", environ={})
-        assert str(err.value).startswith(f"dashscale.ini: python = {value}: {why}")
-    with pytest.raises(UsageError, match="VIRTUAL_ENV = /gone: no bin/python"):
-        resolve(str(tmp_path), environ={"VIRTUAL_ENV": "/gone"})
-
-
-def test_apply_puts_the_env_first_and_drops_other_venvs(tmp_path, monkeypatch):
-    app, other = _fake_venv(tmp_path / "app"), _fake_venv(tmp_path / "other")
-    env = resolve(str(tmp_path), str(app), "--python", environ={})
-    applied = env.apply({"PATH": f"{other}/bin:/usr/bin:{app}/bin", "VIRTUAL_ENV": str(other)})
-    assert applied == {"PATH": f"{app}/bin:/usr/bin", "VIRTUAL_ENV": str(app)}
-    plain = PythonEnv("/usr/bin/python3", "--python", "from --python")
-    assert plain.venv is None
-    assert plain.apply({"PATH": f"{other}/bin:/bin", "VIRTUAL_ENV": str(other)}) == \
-        {"PATH": "/usr/bin:/bin", "VIRTUAL_ENV": ""}
-
-
-@pytest.mark.parametrize("command, program", [
-    ("gunicorn app:server -w 2", "gunicorn"),
-    ("FOO=1 exec celery -A tasks worker", "celery"),
-    ("exec env A=1 gunicorn app:server", "env"),
-    ("./bin/serve --port $PORT", "./bin/serve"),
-    ("cd sub && gunicorn app:server", None),
-    ("$SERVER app:server", None),
-    ("gunicorn 'unbalanced", None),
-])
-def test_program_of(command, program):
-    assert program_of(command) == program
-
-
-def test_missing_programs_names_line_env_and_package(tmp_path, monkeypatch):
-    venv = _fake_venv(tmp_path / ".venv")
-    for name in ("gunicorn", "waitress-serve"):
-        (venv / "bin" / name).write_text("#!/bin/sh\n")
-        (venv / "bin" / name).chmod(0o755)
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    (tmp_path / "Procfile").write_text(
-        "web: gunicorn app:server\napi: waitress-serve app:server\n"
-        "ops: newrelic-admin run-program gunicorn app:server\nsh: ./run.sh\n")
-    env = resolve(str(tmp_path), environ={})
-    found = missing_programs(load_procfile(str(tmp_path / "Procfile")), env, str(tmp_path))
-    assert found == [
-        (3, f"'newrelic-admin' is not installed in {venv} (.venv next to the Procfile): "
-            f"run {venv}/bin/python -m pip install newrelic"),
-        (4, f"sh: './run.sh' not found or not executable (in {tmp_path})")]
 
 
 @pytest.mark.slow  # needs the app venv (built once, then cached)

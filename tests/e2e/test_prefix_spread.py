@@ -9,9 +9,9 @@ import psutil
 import pytest
 
 from dashscale_local.testing import wait_for
+from tests import REPO
 
 pytestmark = pytest.mark.slow
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -20,10 +20,9 @@ import psutil
 import pytest
 
 from dashscale_local import services as svc
-from dashscale_local.errors import UsageError
 from dashscale_local.testing import wait_for
+from tests import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COUNTER = "web: gunicorn counter_app:app --workers 1\n"
 
 needs_redis = pytest.mark.skipif(not shutil.which("redis-server"),
@@ -51,25 +50,6 @@ def listening(pid):
     procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
     return {(c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections("tcp")
             if c.status == psutil.CONN_LISTEN}
-
-
-# -- no processes -------------------------------------------------------------------
-
-def test_service_names_and_aliases():
-    assert svc.parse_names("redis, postgresql redis") == ["redis", "postgres"]
-    assert svc.parse_names("") == []
-    with pytest.raises(UsageError, match="unknown service 'mysql'.*known: redis, postgres"):
-        svc.parse_names("redis,mysql", source="--service")
-
-
-def test_missing_binaries_name_the_debian_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(svc.shutil, "which", lambda name: None)
-    monkeypatch.setattr(svc.os, "access", lambda path, mode: False)
-    monkeypatch.setattr(svc, "POSTGRES_GLOB", str(tmp_path / "none" / "*" / "bin"))
-    with pytest.raises(UsageError, match=r"install the Debian package redis-server"):
-        svc.Redis(str(tmp_path / ".dashscale"), str(tmp_path)).locate()
-    with pytest.raises(UsageError, match=r"install the Debian package postgresql"):
-        svc.Postgres(str(tmp_path / ".dashscale"), str(tmp_path)).locate()
 
 
 def test_unknown_service_exits_2(app_dir):
@@ -109,8 +89,6 @@ def test_export_k8s_keeps_the_services(app_dir):
     for d in docs:
         validate(d, "1.30", strict=True)
 
-
-# -- Redis --------------------------------------------------------------------------
 
 @pytest.mark.slow
 @needs_redis
@@ -185,8 +163,6 @@ def test_redis_shared_state_survives_stop_start_and_a_crash(dashscale, app_dir):
     assert "redis restarted" in run2.output()
 
 
-# -- PostgreSQL -----------------------------------------------------------------------
-
 @pytest.mark.slow
 @needs_postgres
 def test_postgres_private_persistent_and_restarted(dashscale, app_dir):
@@ -251,8 +227,6 @@ def test_postgres_private_persistent_and_restarted(dashscale, app_dir):
                     os.unlink(leftover)
 
 
-# -- Celery background callbacks ------------------------------------------------------
-
 def _background_callback(base, output, n_clicks, timeout=60):
     """One Dash background callback as the renderer runs it: submit, then poll."""
     with urllib.request.urlopen(base + "/", timeout=30) as resp:
@@ -314,8 +288,6 @@ def test_celery_worker_runs_a_background_callback(dashscale, app_dir):
         assert title.startswith(f"background {i} · worker.1 (pid ") and "click 1" in title
         assert f"(pid {web_pid})" not in title
 
-
-# -- failures -------------------------------------------------------------------------
 
 def test_postgres_data_of_a_missing_version_exits_2(app_dir):
     (app_dir / "Procfile").write_text(COUNTER)

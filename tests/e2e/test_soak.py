@@ -13,15 +13,16 @@ import sys
 
 import pytest
 
+from tests import REPO
+
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MiB = 1 << 20
 
 
 def test_soak_one_minute(tmp_path):
     out = tmp_path / "soak.json"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "soak.py"),
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "soak.py"),
                            "--minutes", "1", "--json", str(out)],
                           capture_output=True, text=True, timeout=600)
     print(proc.stdout[-6000:])

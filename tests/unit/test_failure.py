@@ -6,8 +6,9 @@ import pytest
 
 from dashscale_local.failure import (cause, explain, load_failure, runs_gunicorn,
                                      supervisord_exit, this_run)
+from tests import TESTS
 
-LOGS = os.path.join(os.path.dirname(__file__), "fixtures", "gunicorn_logs")
+LOGS = os.path.join(TESTS, "fixtures", "gunicorn_logs")
 GUNICORN = "gunicorn app:server --workers 2"
 
 

@@ -3,7 +3,7 @@
 The contract: for any input, the C path either declines (None, and Python parses as
 before) or gives exactly what Python gives: the same events, the same forwarded bytes,
 the same parser state. It never decides an error itself. Checked on the corpus of
-tests/test_http11.py and on generated heads, biased towards the plain heads the C path
+tests/unit/test_http11.py and on generated heads, biased towards the plain heads the C path
 takes and mutated towards what it must leave alone.
 """
 import contextlib

@@ -1,16 +1,14 @@
 """`dashscale init`: the Procfile written for the Dash app found in a directory, the fixes
-printed, the refusals; and one run of `start` on what it wrote."""
+printed, the refusals (the real command and a run of `start`: tests/e2e/test_init.py)."""
 import os
 import shutil
-import subprocess
-import sys
 
-import pytest
 from click.testing import CliRunner
 
 from dashscale_local.cli import main
+from tests import TESTS
 
-PAGES_APP = os.path.join(os.path.dirname(__file__), "apps", "pages_app")
+PAGES_APP = os.path.join(TESTS, "apps", "pages_app")
 
 FLAT = """\
 import dash
@@ -168,26 +166,6 @@ def test_never_overwrites_without_force(tmp_path):
     assert procfile(tmp_path) == "web: python app.py\n"
     init(tmp_path, "--force")
     assert procfile(tmp_path) == "web: gunicorn app:server --workers 2\n"
-
-
-def test_procfile_not_found_points_to_init(tmp_path):
-    for args in (["start"], ["check"], ["export", "k8s"]):
-        res = subprocess.run([sys.executable, "-m", "dashscale_local.cli", *args],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
-        assert res.returncode == 2, (args, res.stderr)
-        assert "Procfile not found — run `dashscale init`" in res.stderr, (args, res.stderr)
-
-
-@pytest.mark.slow
-def test_init_then_start_serves_the_app(dashscale, tmp_path):
-    tree(tmp_path, {"app.py": FLAT, "requirements.txt": "dash\ngunicorn\n"})
-    init(tmp_path)
-    run = dashscale(None, directory=tmp_path, formation="web=2")
-    status, headers, body = run.get("/")
-    assert status == 200 and b"_dash-config" in body
-    assert headers["X-Dashscale-Replica"] in ("web.1", "web.2")
-    status, _headers, body = run.get("/_dash-layout")
-    assert status == 200 and b"hello from a flat app" in body
 
 
 def test_without_server_the_module_that_runs_the_app_wins(tmp_path):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .proxyharness import ProxyEnv, leftover, parse_forwarded, read_all, read_response
+from tests.proxyharness import ProxyEnv, leftover, parse_forwarded, read_all, read_response
 
 H = b"Host: t\r\n"
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from dashscale_local import http11
 
-from .proxyharness import ProxyEnv, read_all
+from tests.proxyharness import ProxyEnv, read_all
 
 SEEDS = [
     b"GET /a?b=1 HTTP/1.1\r\nHost: t\r\nAccept: */*\r\n\r\n",
