@@ -3,6 +3,8 @@ report, `replica_of`, event matching (inner pytest sessions on the examples/ app
 tests/e2e/test_plugin.py)."""
 from dashscale_local import pytest_plugin as plugin
 from dashscale_local.pytest_plugin import Call, Step, compare_steps
+from dashscale_local.pytest_plugin.app import _mentions
+from dashscale_local.pytest_plugin.replica_safe import _with_web
 
 
 def step(i, output, replica, value, error=None, status=200):
@@ -61,12 +63,12 @@ def test_replica_of_reads_every_response_shape():
 
 
 def test_events_match_whole_replica_names():
-    assert plugin._mentions("web.1 OOMKilled at 300 MiB", "web.1")
-    assert plugin._mentions("restarted web.2, web.1", "web.1")
-    assert not plugin._mentions("web.10 OOMKilled", "web.1")
-    assert not plugin._mentions("myweb.1 restarted", "web.1")
+    assert _mentions("web.1 OOMKilled at 300 MiB", "web.1")
+    assert _mentions("restarted web.2, web.1", "web.1")
+    assert not _mentions("web.10 OOMKilled", "web.1")
+    assert not _mentions("myweb.1 restarted", "web.1")
 
 
 def test_with_web_keeps_other_types():
-    assert plugin._with_web(None, 2) == "web=2"
-    assert plugin._with_web("web=4,worker=1", 1) == "web=1,worker=1"
+    assert _with_web(None, 2) == "web=2"
+    assert _with_web("web=4,worker=1", 1) == "web=1,worker=1"
