@@ -34,7 +34,7 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed system-deps
 	$(BIN)/python -m pytest -q
 
-# tests/unit only: no process started, no Debian package needed (tests/e2e has the rest).
+# tests/unit only: no replica, server, browser or venv started, no Debian package needed.
 test-unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests/unit
 

@@ -1,54 +1,12 @@
 """`dashscale check`: a Procfile doctor.
 
 Prints the Procfile as dashscale understood it (like ``foreman check``) and findings,
-each with a file and line, about what will hurt on Dash Enterprise or Kubernetes:
+each with a file and line, about what will hurt on Dash Enterprise or Kubernetes. Exit
+codes: 0 without errors (warnings are fine); 2 when an error was found or the input
+cannot be read; 1 when ``--measure`` failed at run time.
 
-========================  =======  ========================================================
-code                      level    when
-========================  =======  ========================================================
-procfile-skipped-line     warning  a line foreman/honcho would silently skip
-no-web                    warning  no ``web`` type (Dash Enterprise routes only ``web``)
-web-not-wsgi              warning  ``web`` does not run a WSGI server (``python app.py`` runs
-                                   Dash's single-threaded development server)
-app-module-missing        error    the gunicorn APP_MODULE / ``python FILE`` / ``-m MOD``
-                                   cannot be found
-app-attr-missing          error    the gunicorn ``module:attr`` names an attribute the module
-                                   never defines (when the source tells for sure), with the fix
-run-server-removed        error    ``app.run_server(`` with Dash ≥ 3 in the replicas'
-                          warning  environment (removed: ``app.run``): an error when the
-                                   Procfile command reaches the call, else a warning
-gunicorn-args             warning  gunicorn would reject its arguments
-gunicorn-workers          warning  workers outside 2–4 (Dash Enterprise's recommendation);
-                                   from ``-w/--workers``, GUNICORN_CMD_ARGS, gunicorn.conf.py
-                                   or WEB_CONCURRENCY in ``.env``; none of these = 1 worker
-preload-shared-pool       warning  ``--preload`` (or ``preload_app = True``) and the app
-                                   module, or a local module it imports, creates a database
-                                   engine/pool or redis client at import time: connections
-                                   opened before the fork are shared between workers
-bind-all-interfaces       warning  binds 0.0.0.0 / [::] / ``:PORT``: reachable beyond loopback
-bind-fixed-port           warning  gunicorn binds a fixed port, not ``$PORT``: a second
-                                   replica cannot bind it
-per-process-secret        warning  the web app sets a Flask ``secret_key``/``SECRET_KEY`` from
-                                   ``os.urandom``, ``secrets.token_*`` or ``uuid4`` at import:
-                                   each process signs sessions with its own key, so a session
-                                   is lost when the next request reaches another replica
-memory-projection         warning  ``--measure``: a replica's projected memory is over 80 %
-                                   of its limit (or the web formation over 80 % of this
-                                   machine's RAM)
-measure-failed            error    ``--measure``: the replica did not come up
-========================  =======  ========================================================
-
-Exit codes: 0 without errors (warnings are fine); 2 when an error was found or the input
-cannot be read (bad Procfile, missing app module: bad input, as everywhere in dashscale);
-1 when ``--measure`` failed at run time (the replica did not start or answer).
-
-``--measure`` starts one ``web`` replica exactly as ``start`` runs it (same command with
-``--bind 127.0.0.1:$PORT``, same environment, a free port, its own session, not under
-supervisord, so it works while the formation is running too), sends a few warm-up
-requests, waits until the tree's PSS is steady, measures the gunicorn master and each
-worker (PSS, as the memory guard), stops the replica (its whole process group), and
-projects ``master + workers × per-worker`` per replica and × replicas for the formation
-against the memory limit. Idle memory is a floor: requests allocate more.
+Every finding (code, level, when), the exit codes and how ``--measure`` projects memory:
+docs/doctor.md.
 """
 import ast
 import http.client
