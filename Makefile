@@ -6,7 +6,7 @@ PORT ?= 8050
 # Debian packages the tests and benchmarks use (real servers and a real browser).
 DEBIAN_PACKAGES := redis-server postgresql chromium chromium-driver nginx-light wrk valgrind
 
-.PHONY: demo test test-fast bench fuzz-c system-deps clean
+.PHONY: demo test test-unit test-fast bench fuzz-c system-deps clean
 
 # pip also builds dashscale_local/http11/_fast.c (the proxy's C fast path) in place.
 $(BIN)/.installed: setup.cfg setup.py pyproject.toml dashscale_local/http11/_fast.c
@@ -33,6 +33,10 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed system-deps
 	$(BIN)/python -m pytest -q
+
+# tests/unit only: no replica, server, browser or venv started, no Debian package needed.
+test-unit: $(BIN)/.installed
+	$(BIN)/python -m pytest -q tests/unit
 
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow and not browser"

@@ -27,7 +27,7 @@ APP_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # Also memory.METRICS and balancer.Pool.POLICIES (not imported here: start-up time);
-# tests/test_settings.py checks they agree.
+# tests/unit/test_settings.py checks they agree.
 MEMORY_METRICS = ("pss", "rss", "uss")
 BALANCE_POLICIES = ("round-robin", "least-outstanding")
 OPTION_NAMES = {"services": "--service"}  # the CLI option of a key, when not --key-name

@@ -1,9 +1,10 @@
 """`dashscale check`: a Procfile doctor.
 
 Prints the Procfile as dashscale understood it (like ``foreman check``) and findings,
-each with a file and line, about what will hurt on Dash Enterprise or Kubernetes:
+each with a file and line, about what will hurt on Dash Enterprise or Kubernetes. Exit
+codes: 0 without errors (warnings are fine); 2 when an error was found or the input
+cannot be read; 1 when ``--measure`` failed at run time.
 
-========================  =======  ========================================================
 code                      level    when
 ========================  =======  ========================================================
 procfile-skipped-line     warning  a line foreman/honcho would silently skip
@@ -53,6 +54,9 @@ requests, waits until the tree's PSS is steady, measures the gunicorn master and
 worker (PSS, as the memory guard), stops the replica (its whole process group), and
 projects ``master + workers × per-worker`` per replica and × replicas for the formation
 against the memory limit. Idle memory is a floor: requests allocate more.
+=======
+Every finding (code, level, when), the exit codes and how ``--measure`` projects memory:
+docs/doctor.md.
 """
 import ast
 import http.client

@@ -1,76 +1,8 @@
 """`dashscale export k8s|supervisord`: the same Procfile, formation, limits and .env as
 `start`, written as Kubernetes manifests or as a standalone supervisord config.
 
-Kubernetes (``export k8s``)
----------------------------
-- One Deployment per process type: ``replicas`` from the formation (default: that of
-  the instance running from this Procfile, else the persisted one, as for ``start``,
-  else 1 each; ``-m`` applies on top; the first line of the output says which; a type
-  scaled to 0 keeps its Deployment with ``replicas: 0``), the Procfile command,
-  resources as Dash Enterprise's defaults
-  (requests memory 128Mi, or the limit if that is lower; limits memory = the memory
-  limit of the type).
-- Every container listens on one port (``--port``, default 8050): each pod has its own
-  network namespace, so replicas need no port blocks as they do locally. ``$PORT`` /
-  ``${PORT}`` / ``${PORT:-N}`` in the command are resolved to it and ``PORT`` is set.
-- gunicorn without ``--bind`` gets ``--bind 0.0.0.0:PORT``. Locally dashscale binds
-  replicas to 127.0.0.1 (only the proxy may reach them); in a cluster the pod must
-  listen on its pod IP for the Service and the kubelet's probe to reach it. This is the
-  one deliberate difference from a local replica's command.
-- The command runs in exec form (``["gunicorn", "app:server", …]``) when it is a plain
-  argv, else as ``["/bin/sh", "-c", "exec …"]`` (other ``$VARS``, quoting the shell must
-  see, ``&&``, pipes…).
-- ``.env`` becomes a ConfigMap ``<name>-env``; keys that look secret (``*SECRET*``,
-  ``*PASSWORD*``, ``*TOKEN*``, ``*_KEY``, ``*CREDENTIAL*``, … or URLs with a password
-  such as ``postgres://u:p@db/x``) go to a Secret ``<name>-secret`` instead (``stringData``,
-  written with mode 0600 in ``-o DIR``). Both are referenced with ``envFrom``; PORT,
-  PYTHONUNBUFFERED=1, DASHSCALE_REPLICA (the pod name) and the ``--app-name`` variables
-  are set with ``env`` and win over ``.env``.
-- ``web`` gets a containerPort named ``http``, a readinessProbe (``httpGet`` on the app's
-  path) and a Service ``<name>-web`` (port 80 → http). With ``--app-name NAME`` the
-  containers get DASH_APP_NAME, DASH_REQUESTS_PATHNAME_PREFIX=/NAME/ and
-  DASH_ROUTES_PATHNAME_PREFIX=/NAME/ (as Dash Enterprise sets them) and an Ingress routes
-  ``/NAME/`` (pathType Prefix, the cluster's default ingress class) to the Service.
-- Object names are ``<name>-<type>``; ``<name>`` is ``--app-name``, else the Procfile's
-  directory name. Names must be DNS-1123 labels: process types are lowercased and ``_``
-  becomes ``-``; a type that cannot be made valid, or two types that collide, or a name
-  longer than 63 characters is an error (exit 2).
-- Labels: ``app``, ``process-type`` and ``app.kubernetes.io/managed-by: dashscale``.
-- A ``web`` that runs a development server (``python app.py``, ``flask run``) gets a
-  one-line warning on stderr naming the Procfile line: in a pod it would bind 127.0.0.1
-  with debug on.
-- ``--image`` defaults to ``dashscale-app:latest``: build an image whose WORKDIR holds the
-  Procfile's directory and whose PATH has gunicorn.
-- ``-o DIR`` writes one file per object (``deployment-<name>-web.yaml`` …); no ``-o`` or
-  ``-o -`` writes multi-document YAML on stdout.
-- Release steps (Procfile ``release:``, project.toml ``predeploy``/``postdeploy``) are
-  not Deployments: each becomes a Job ``<name>-<step>`` (same image, env and command,
-  restartPolicy Never, backoffLimit 0), a Job rather than an initContainer because a
-  release runs once per deploy, not in every pod at every restart. ``release`` and
-  ``predeploy`` must complete before the Deployments roll, ``postdeploy`` runs after:
-  the header and stderr say so (``kubectl apply`` alone does not order them).
-- Managed services (``--service``, else ``services`` in dashscale.ini, as for ``start``)
-  are not dropped: ``redis`` becomes a Secret (random password), a Deployment
-  (``redis:7 --requirepass --appendonly yes``, data on an emptyDir) and a Service
-  ``<name>-redis``, and every container gets ``REDIS_PASSWORD`` (from the Secret) and
-  ``REDIS_URL=redis://:$(REDIS_PASSWORD)@<name>-redis:6379/0``. ``postgres`` is not
-  deployed (use a managed database): every container reads ``DATABASE_URL`` from a
-  Secret ``<name>-postgres`` that the header says how to create. The header lists both.
-
-supervisord (``export supervisord``)
-------------------------------------
-A complete config for ``supervisord -c FILE`` (no dashscale needed): one
-``[program:web.N]`` per replica in a ``[group:web]``, ports as ``start`` plans them
-(``--base-port``), environment PORT, DASHSCALE_REPLICA, PYTHONUNBUFFERED, ``.env``, and
-PATH/VIRTUAL_ENV with the replicas' Python environment first (as ``start``, resolved when
-exporting; a Kubernetes image brings its own environment, so ``k8s`` sets no PATH),
-autorestart, stopasgroup/killasgroup, control on a unix socket (chmod 0700) and no
-``[inet_http_server]``. Socket, pid file and logs live next to the config file
-(``%(here)s``). supervisord does not enforce memory limits: they appear as comments.
-Replicas bind 127.0.0.1 as locally; there is no proxy (each replica has its own port).
-Release steps are not programs: a comment gives each step's command and when to run it.
-A ``.env`` value supervisord's ``environment=`` syntax cannot carry (a newline, both
-kinds of quotes, a quote at either end, or ``;``/``#`` after a space) is an error.
+What each becomes (Deployments, ports, binds, ConfigMap/Secret, probes, Ingress, names,
+managed services; the supervisord programs and what it cannot carry): docs/export.md.
 """
 import os
 import re

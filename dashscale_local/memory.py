@@ -1,141 +1,14 @@
 """Per-replica memory measurement and OOM-kill emulation (the "memory guard").
 
-A :class:`MemoryGuard` is a daemon thread that, every ``interval`` seconds (up to
-``idle_interval`` s for a replica far below its limit: see "Cadence"), measures each
-watched replica over its whole process tree (gunicorn master, workers, and anything they
-spawn) and, when a replica reaches its limit, kills it the way the Kubernetes OOM killer
-kills a pod. It knows nothing about supervisord: the runner
-calls :meth:`~MemoryGuard.watch` when a replica starts, :meth:`~MemoryGuard.unwatch` when
-it stops, and reacts to ``on_kill`` (state OOMKILLED, exit 137, restart policy)::
+A :class:`MemoryGuard` is a daemon thread that measures each watched replica over its
+whole process tree (gunicorn master, workers, and anything they spawn; Σ PSS by default,
+reading smaps only when a decision needs it) and, when a replica reaches its limit,
+freezes and kills the tree the way the Kubernetes OOM killer kills a pod. The runner
+calls ``watch()`` when a replica starts, ``unwatch()`` when it stops, and reacts to
+``on_kill``.
 
-    guard = MemoryGuard(interval=0.25, metric="pss",
-                        before_kill=lambda name: ...,   # e.g. tell supervisord: no autorestart
-                        on_kill=lambda name, info: ..., on_warning=lambda name, info: ...)
-    guard.start()
-    guard.watch("web.1", pid, 2 * 1024**3)   # pid: the replica's top process (pgid == pid)
-    guard.snapshot()  # {"web.1": {"pid", "memory_bytes", "peak_bytes", "limit_bytes",
-                      #            "metric", "processes", "rss_bytes", "exact_age_s", ...}}
-    guard.stop()
-
-API
----
-``MemoryGuard(interval=0.25, metric="pss", on_kill=None, on_warning=None, before_kill=None,
-clock=time.monotonic, *, warn_fraction=0.8, rearm_fraction=0.7, before_kill_timeout=0.1,
-exact_max_age=5.0, refresh=10.0, backend="auto", display_reads=2, display_min_age=1.0,
-regroup_age=2.0, idle_interval=None, max_growth=4 GiB, idle_refresh=None)``
-
-- ``watch(name, pid, limit_bytes)``: start (or, for a known name, restart) watching the tree
-  rooted at ``pid``. Records the pid's start time (pid-reuse guard) and its process group
-  (used for the kill only if ``pgid == pid``). Raises ``ProcessLookupError`` if the pid does
-  not exist, ``ValueError`` for a limit <= 0.
-- ``unwatch(name)``: stop watching (no-op for an unknown name).
-- ``snapshot()``: ``name -> {"pid", "memory_bytes", "peak_bytes", "limit_bytes", "metric",
-  "processes", "rss_bytes", "exact_age_s", "warned", "source"}``. ``metric`` is the metric in
-  effect (``"rss"`` if the requested one is unavailable here), ``source`` where it comes
-  from (``smaps_rollup``, ``smaps``, ``psutil``, ``stat``). ``memory_bytes`` is, per process,
-  its latest reading carried forward with its RSS change since (exact right after a tree
-  reading; a process that joins the tree is read once at once, and one whose RSS moved by
-  more than max(1 MiB, 5 %) is re-read, at most ``display_reads`` per sweep and once per
-  ``display_min_age`` s each; tree readings happen at least every ``refresh`` s, and
-  ``regroup_age`` s after the last one when processes joined or left the tree since: a
-  fork or an exit changes how the others' shared pages are shared, not their RSS);
-  ``peak_bytes`` is the highest exact tree reading; ``rss_bytes`` is the current Σ RSS
-  (always exact, an upper bound of the others).
-- ``stats()``: ``{"sweeps", "cpu_s", "exact_reads", "kills", "errors"}``: the guard's own CPU
-  time (thread CPU clock) for the overhead budget.
-- ``keep_fresh(seconds)``: someone looks at the figures (the dashboard polls): tree
-  readings every ``refresh`` s for that long; otherwise every ``idle_refresh`` s (if set).
-- ``stop()``: immediate (an ``Event`` wakes the sleeping thread); joins the thread.
-- ``on_kill(name, info)``: after the kill. ``info = {"pid", "memory_bytes", "peak_bytes",
-  "limit_bytes", "metric", "time" (wall clock), "reaction_s" (from the start of the sweep
-  that saw it to SIGKILL sent), "pids" (killed)}``. The replica is unwatched *before* the
-  call, so the callback may ``watch()`` the replacement.
-- ``on_warning(name, info)``: once when a replica reaches ``warn_fraction`` (80 %) of its
-  limit; re-armed when it drops below ``rearm_fraction`` (70 %). ``info`` has ``pid``,
-  ``memory_bytes``, ``limit_bytes``, ``peak_bytes``, ``metric``, ``time``, ``fraction``.
-- ``before_kill(name)``: called with the tree already frozen (SIGSTOP); bounded: it runs on
-  a helper thread and the kill proceeds after ``before_kill_timeout`` (0.1 s) regardless.
-  Callbacks run on the guard thread (before_kill on a helper) and must not block; their
-  exceptions are logged.
-
-Metrics (Linux)
----------------
-``pss`` (default): Σ PSS over the tree. A copy-on-write page shared by the master and four
-workers counts once in total, as the pod's cgroup charges it; Σ RSS counts it five times
-(the ``--preload`` over-count), Σ USS (``uss``: Private_Clean + Private_Dirty) not at all.
-``rss``: Σ RSS. Swap is not counted (pods run without swap).
-
-Cost model and design
----------------------
-Reading ``/proc/PID/smaps_rollup`` makes the kernel walk the page tables: ≈0.2 ms for a
-small Python process, ≈2.8 ms for one with 200 MiB resident, ~100 ms at 8 GiB.
-``/proc/PID/stat`` is ≈14 µs whatever the size and gives RSS, the fault counters, ppid,
-pgrp and start time in one read. So every sweep reads only ``stat`` of each tree member,
-and ``smaps_rollup`` ("an exact reading") only when a decision needs it:
-
-- Σ RSS is an upper bound of Σ PSS and Σ USS: under the warning level (80 %) by RSS there
-  is nothing to decide.
-- After an exact reading E, the tree's Σ PSS can grow only by pages that get mapped (RSS
-  growth) and by copy-on-write breaks, which leave RSS unchanged but are page faults, and
-  each adds at most one page to the tree's Σ PSS (two to Σ USS). So
-  ``bound = E + Σ_p [max(0, RSS_p − RSS_p@E) + Δfaults_p × PAGE × k] + Σ_new RSS_p``
-  (k = 1 for pss, 2 for uss), also capped by Σ RSS. A process exiting never raises the
-  tree's Σ PSS (its share of a shared page moves to the survivors at most), so the terms
-  of exited processes are kept (the bound only grows until the next reading).
-- An exact reading is taken when the bound reaches the limit (kill decision) or, before
-  the warning fired, 80 % (warning decision); every kill and warning decision is based on
-  an exact reading, never on an estimate, so the bound can only make the guard read
-  more, not kill wrongly. Two effects the bound does not see (a process outside the tree
-  that shared file pages with it exits; a tree process unmaps shared pages and maps as
-  many private ones within one interval) are caught by re-reading at least every
-  ``exact_max_age`` (5 s) while Σ RSS is above the warning level, and every ``refresh``
-  (10 s) anyway so the displayed figure stays exact-ish. The first sweep after watch()
-  takes a reading.
-- Tree discovery: one ``listdir('/proc')`` per sweep; ``stat`` is read once for each pid
-  never seen before (sorted by start time, so a child is seen after its parent) and it
-  joins a tree if its parent is a member or it is in the replica's process group.
-  Membership is sticky (a worker re-parented to init after its parent died stays counted)
-  and checked against the start time at every read. ``/proc/PID/task/TID/children`` is not
-  used: it needs CONFIG_PROC_CHILDREN (absent on the development kernel) and one read per
-  thread per member, while the scan costs one listdir; psutil's ``children(recursive=True)``
-  (≈2 ms per master, it scans /proc each time) would take 8 % of a core on its own at
-  10 replicas × 4 sweeps/s.
-- rss metric: every sweep is exact, no smaps at all.
-
-Cadence
--------
-Each replica has its own next sweep (``cadence.guard_interval``): when its metric's upper
-bound could reach the limit at the earliest, growing at ``max(max_growth, 2 × its growth
-rate since its previous sweep)``, but not sooner than ``interval`` (0.25 s) nor later
-than ``idle_interval``. So the time from a crossing to the sweep that sees it stays within
-``interval`` for any growth up to ``max_growth`` (4 GiB/s by default; one thread faults
-pages in at ≈1.4 GiB/s here), and a replica far below its limit is swept every
-``idle_interval`` s (1 s in dashscale; an 8 GiB limit is 2 s away at 4 GiB/s). Replicas due within ``interval`` go along with the
-one that is due (one /proc scan per sweep). Without ``idle_interval`` every sweep is
-``interval`` apart, as before.
-
-Fallbacks: where ``smaps_rollup`` is missing (Linux < 4.14) exact readings sum
-``/proc/PID/smaps`` (≈3× slower, same figures, ``source == "smaps"``); where a process's
-smaps cannot be read (another user) its RSS is counted (an over-estimate); without
-``/proc`` (macOS, BSD) the psutil backend is used: tree by ppid from ``psutil.pids()``,
-``uss`` from ``memory_full_info()``, and ``pss``, which only Linux has, falls back to
-``rss`` (``snapshot()[name]["metric"] == "rss"`` and a warning is logged once). The
-fault-based bound needs the fault counters, so on psutil every decision near the limit
-re-reads.
-
-Enforcement (an OOM kill)
--------------------------
-When the metric (exact) ≥ limit: verify every member's identity (start time, not a
-zombie); SIGSTOP the process group (``os.killpg``, only when the top pid was its group
-leader at watch()) and every verified member outside it (e.g. one that called setsid):
-growth stops at once; re-scan for processes forked meanwhile; call ``before_kill`` (≤0.1 s);
-SIGKILL the group and the same members; unwatch; call ``on_kill``. The guard never signals
-a pid whose start time differs from the one recorded (pid reuse), and never ``killpg``s a
-group the top pid did not lead (it would hit the supervisor). A replica whose processes
-have all exited is dropped silently. Zombies are not counted (they hold no memory).
-
-Robustness: a pid vanishing at any point is normal (ProcessLookupError/FileNotFoundError
-are expected); any other exception in a sweep is logged and the thread carries on.
+The API, the metrics, the cost model, the cadence, the fallbacks and how a kill is
+enforced: docs/memory.md.
 """
 from __future__ import annotations
 
@@ -316,7 +189,7 @@ class _Replica:
 
 
 class MemoryGuard(threading.Thread):
-    """See the module docstring."""
+    """The memory guard thread: see the module docstring and docs/memory.md."""
 
     def __init__(self, interval=0.25, metric="pss", on_kill=None, on_warning=None,
                  before_kill=None, clock=time.monotonic, *, warn_fraction=0.8,

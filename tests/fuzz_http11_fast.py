@@ -6,7 +6,7 @@
 Feeds mutated request and response heads to the three C functions for SECONDS (default
 60) and checks they return None or a tuple, never crash, read out of bounds (ASan, with
 PYTHONMALLOC=malloc so that each bytes object has its own red zones) or leak objects
-(tracemalloc). Whether an answer is *right* is tests/test_http11_accel.py's job.
+(tracemalloc). Whether an answer is *right* is tests/unit/test_http11_accel.py's job.
 """
 import importlib.util
 import random

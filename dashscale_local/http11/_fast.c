@@ -6,7 +6,7 @@
  * targets, Transfer-Encoding, Upgrade, Expect, Via, obs-text, names with "_",
  * duplicate Content-Length, ...) is left to the Python path and its llhttp
  * cross-check, which stay the reference. What is accepted here is a strict subset of
- * what that path accepts, and tests/test_http11_accel.py checks, on the corpus and on
+ * what that path accepts, and tests/unit/test_http11_accel.py checks, on the corpus and on
  * generated heads, that both give the same result whenever this one answers.
  *
  * parse_request_head(data, max_request_line, max_header_bytes, max_headers, max_body)

@@ -205,7 +205,7 @@ def client_response(data, req: Request, extra: bytes, max_header_bytes: int = 65
     (b"X-Dashscale-Replica: web.1\r\n") added; the client connection stays as
     ``req.keep_alive`` says. None when the C fast path is off or declines (a partial,
     chunked, read-until-close or 101 response, any error): then ResponseParser and
-    build_client_response_head give the same bytes (tests/test_http11_accel.py)."""
+    build_client_response_head give the same bytes (tests/unit/test_http11_accel.py)."""
     fast = accel.fast
     if fast is None or data.__class__ is not bytes:
         return None

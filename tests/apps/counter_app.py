@@ -1,4 +1,4 @@
-"""A WSGI app whose state lives in the managed services (tests/test_services.py).
+"""A WSGI app whose state lives in the managed services (tests/e2e/test_services.py).
 
 GET /incr  → INCR a Redis counter: "<value> <replica>"
 GET /count → the Redis counter (0 when unset)

@@ -1,4 +1,4 @@
-"""A WSGI app that keeps files on disk, for the pod-disk tests (tests/test_podfs.py).
+"""A WSGI app that keeps files on disk, for the pod-disk tests (tests/e2e/test_podfs.py).
 
 GET /write?name=data.txt&text=hi → writes text to name, relative to the working directory
 GET /read?name=data.txt          → the file's text, or 404

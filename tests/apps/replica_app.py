@@ -1,4 +1,4 @@
-"""A Dash app for `dashscale check --replicas` (tests/test_replica_check.py); its mode
+"""A Dash app for `dashscale check --replicas` (tests/e2e/test_replica_check.py); its mode
 comes from the environment (.env):
 
 clean   — fixed component ids, a secret key shared by every process;
