@@ -21,11 +21,12 @@ from . import lifecycle, release, rundir
 from .balancer import Pool
 from .cadence import busy_interval
 from .checks import load_checks
+from .deploys import Releases, file_content
 from .errors import RuntimeFailure, UsageError
 from .failure import LOG_BYTES, cause, explain, load_failure, this_run
 from .formation import replica_port, resolve_formation, format_formation
 from .health import Health, HealthDriver
-from .launch import give_up, process_env, write_replica_program
+from .launch import give_up, write_replica_program
 from .lifecycle import (Answered, Event, Fatal, OomKilled, OutOfRotation, Pin, ProcessInfo,
                         Removing, Report, RestartRequested, ScheduleRestart, StartProbe,
                         StartProcess, State, StopProcess, Unhealthy, WatchMemory)
@@ -109,10 +110,7 @@ class Runner:
         self.autostart = False     # supervisord started the first replicas by itself
         self.memory_history = None  # dashboard.MemoryHistory, sampled every second
         self.sup_died = False
-        self.release_last = None     # release.Outcome of the last release step run
-        self.release_running = None  # the step running now
-        self._release_proc = None    # its process (in state.json: a kill -9 orphans none)
-        self._release_failed = None  # the files' content whose release failed (said once)
+        self.releases = Releases(project, settings, self.out, self._event, self._save_state)
         self._activity = None        # when the monitor last saw a change (see poll_interval)
         self._exits_watched = False  # a pidfd per supervised process wakes the monitor
         self._pidfds = {}
@@ -123,6 +121,7 @@ class Runner:
         """Take over what launch.launch() spawned, then run the loop until stopped."""
         self.sup, self.listener, self.services = launched.sup, launched.listener, launched.services
         self.autostart = launched.autostart
+        self.releases.sup = self.sup
         for spec in launched.specs:
             r = self._add_replica_object(spec, launched.tails[spec.name])
             r.awaited = True  # _await_startup reports its failure, one line per type
@@ -157,7 +156,7 @@ class Runner:
         from .proxy import Proxy
 
         self.lock = asyncio.Lock()
-        self.stopping = asyncio.Event()
+        self.stopping = self.releases.stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         self.loop = loop
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -168,7 +167,7 @@ class Runner:
             if self.services:  # replicas start only once every service answers
                 await asyncio.to_thread(self.services.start, self.sup, self.out,
                                         self.settings.ready_timeout)
-            if not await self._release_at_start():
+            if not await self.releases.at_start():
                 return 0  # stopped while the release ran
             self.out.system(f"starting {format_formation(self.counts)} from {self.project.procfile_path}")
             if not self.autostart:
@@ -204,7 +203,7 @@ class Runner:
             ok = await startup
             if ok:
                 async with self.lock:  # postdeploy, once the replicas serve
-                    await self._after_deploy(self.project.release_steps)
+                    await self.releases.after_deploy(self.project.release_steps)
                 await self.stopping.wait()
                 if self.startup_error is not None:
                     raise self.startup_error
@@ -634,8 +633,9 @@ class Runner:
             names = self._select(target)
             deploy = target not in self.replicas  # not one pod's restart: a deploy of the tree
             if deploy:
-                failed = await self._deploy({self.replicas[n].type for n in names},
-                                            () if rolling else names, self.project.release_steps)
+                failed = await self.releases.deploy({self.replicas[n].type for n in names},
+                                                    () if rolling else names,
+                                                    self.project.release_steps)
                 if failed:
                     raise RuntimeFailure(f"release step failed: {failed.describe()}; "
                                          "nothing restarted, the replicas keep serving")
@@ -651,23 +651,9 @@ class Runner:
                     if calls:
                         await calls
             if deploy:
-                await self._after_deploy(self.project.release_steps)
+                await self.releases.after_deploy(self.project.release_steps)
             self._event("restart", f"restarted {', '.join(names)}" + (" (rolling)" if rolling else ""))
             return names
-
-    async def _deploy(self, types, names=(), steps=(), dotenv=None):
-        """A new snapshot of the app tree (podfs); the release ``steps`` run on it; once
-        they pass, it is for the replicas of ``types`` started from now on, and for
-        ``names`` at their next spawn. The Outcome of a failed step (then the snapshot
-        is for nobody), else None."""
-        await asyncio.to_thread(self.project.pods.deploy)
-        failed = await self._run_release(steps, "before", dotenv)
-        if failed:
-            return failed
-        self.project.pods.assign(types)
-        for name in names:
-            self.project.pods.entry(self.sup.launch_dir, name)
-        return None
 
     def _select(self, target):
         if not target or target == "all":
@@ -779,102 +765,6 @@ class Runner:
         self.replicas.pop(r.name, None)
         self._tails.pop(r.name, None)
 
-    # -- release steps (release.py) ---------------------------------------------------
-    # Once at start before the replicas start, and before each deploy (_deploy: a reload
-    # of command/.env, a `restart` of a type); not on scale, as Heroku and DE.
-    async def _release_at_start(self):
-        """The release steps before the first replicas start. False when dashscale was
-        stopped meanwhile; a failure is RuntimeFailure (exit 1): nothing starts."""
-        failed = await self._run_release(self.project.release_steps, "before")
-        if self.stopping.is_set():
-            return False
-        if failed:
-            raise RuntimeFailure(f"release step failed: {failed.describe()}; "
-                                 "no replica was started")
-        return True
-
-    async def _deploy_for_reload(self, types, steps, dotenv):
-        """A reload's deploy (_deploy) with its new release steps and .env. False when
-        the snapshot or a step fails (said once per content of the files): nothing new
-        starts, the running replicas serve on."""
-        key = [_content(path) for path in self.project.watched_files]
-        if key == self._release_failed:
-            return False  # an editor's second event for the same save
-        try:
-            failed = await self._deploy(types, steps=steps, dotenv=dotenv)
-        except RuntimeFailure as exc:  # the snapshot
-            self.out.system(f"reload: {exc} — nothing changed")
-            self._event("reload-error", str(exc))
-            return False
-        self._release_failed = key if failed else None
-        if failed and not self.stopping.is_set():
-            self.out.system(f"reload: release step failed: {failed.describe()} — nothing "
-                            f"changed, still running {format_formation(self.counts)}")
-            self._event("reload-error", f"release step failed: {failed.describe()}")
-        return not failed
-
-    async def _after_deploy(self, steps):
-        """postdeploy, once the new replicas serve; a failure is reported and the new
-        replicas stay (the deploy is done, as on Dash Enterprise)."""
-        failed = await self._run_release(steps, "after")
-        if failed and not self.stopping.is_set():
-            self.out.system(f"postdeploy step failed: {failed.describe()}; the new replicas "
-                            "keep serving")
-            self._event("release-error", f"postdeploy step failed: {failed.describe()}")
-
-    async def _run_release(self, steps, phase, dotenv=None):
-        """Run the ``phase`` steps in order, each to completion, with ``dotenv`` (default:
-        the running .env); the Outcome of the first that fails (the rest do not run),
-        else None."""
-        for step in (release.before if phase == "before" else release.after)(steps):
-            self.out.system(f"release step {step.name} ({step.source}): {step.command}")
-            self.release_running = step.name
-            try:
-                outcome = await self._run_step(step, dotenv)
-            finally:
-                self.release_running = None
-            self.release_last = outcome
-            self._event("release", outcome.describe())
-            if not outcome.ok:
-                return outcome
-            self.out.system(outcome.describe())
-        return None
-
-    async def _run_step(self, step, dotenv=None):
-        """One step with a replica's environment (no PORT), on a disk of its own as a
-        replica's (podfs: the latest deploy, `../mount` beside it); stopped with
-        dashscale (TERM, then KILL after stop_timeout)."""
-        runtime_dir = os.path.join(self.run_dir, "rt", step.name)
-        os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
-        env = process_env(self.project, self.app_name, step.name, runtime_dir, dotenv=dotenv)
-        pods = self.project.pods
-
-        def started(proc):  # on the step's thread
-            self._release_proc = proc
-            self.loop.call_soon_threadsafe(self._save_state)
-
-        def run():  # on a thread: its disk may be a copy of the deploy
-            return release.run(step, env, pods.step_dir(step.name), self.out.line,
-                               self.sup.log_path(step.name), started)
-        job = asyncio.ensure_future(asyncio.to_thread(run))
-        stopping = asyncio.ensure_future(self.stopping.wait())
-        await asyncio.wait([job, stopping], return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        proc = self._release_proc
-        if not job.done() and proc:
-            release.stop(proc)
-            if not (await asyncio.wait([job], timeout=self.settings.stop_timeout))[0]:
-                release.stop(proc, signal.SIGKILL)
-        try:
-            return await job
-        except OSError as exc:  # could not even start it
-            self.out.system(f"{step.name}: cannot run {step.command!r}: {exc}")
-            return release.Outcome(step, 127, 0.0, time.time())
-        finally:
-            self._release_proc = None
-            self._save_state()
-            await asyncio.to_thread(pods.discard, step.name)  # its disk goes with it
-
     # -- reload on file changes --------------------------------------------------
     async def _watch_files(self, startup, at_most=2.0):
         """Watch for edits once the replicas are up, or after ``at_most`` seconds if
@@ -934,7 +824,7 @@ class Runner:
                 old[t].command != procfile.types[t].command or env_changed
                 or limits[t] != self.limits.get(t))]
             if not removed and not changed and counts == self.counts:
-                self._release_failed = None
+                self.releases.forget_failure()
                 if steps != self.project.release_steps:
                     self.project.release_steps = steps
                     self.out.system("reload: release steps changed; they run before the "
@@ -942,7 +832,8 @@ class Runner:
                 return True  # saved with the same content
             new_types = [t for t in types if t not in old]
             deploy = bool(changed or new_types)  # what is rolled or added: the tree as it is now
-            if deploy and not await self._deploy_for_reload(changed + new_types, steps, env):
+            if deploy and not await self.releases.deploy_for_reload(
+                    changed + new_types, steps, env, format_formation(self.counts)):
                 return False
             self.project.procfile, self.project.type_names, self.project.env = procfile, types, env
             self.project.release_steps = steps
@@ -970,7 +861,7 @@ class Runner:
                         what[-1] = f"roll of {t} FAILED; old replicas kept"
                         deploy = False  # no postdeploy for a deploy that did not happen
             if deploy:
-                await self._after_deploy(steps)
+                await self.releases.after_deploy(steps)
             self._save_state()
             summary = "; ".join(what) or "formation " + format_formation(counts)
             self.out.system(f"reload applied in {time.monotonic() - t0:.2f}s: {summary}")
@@ -988,7 +879,7 @@ class Runner:
     def _reload_error(self, exc):
         """Say what is wrong with an edit once per content of the files: an editor's
         saves of the same bad text are not news."""
-        key = (str(exc), [_content(path) for path in self.project.watched_files])
+        key = (str(exc), [file_content(path) for path in self.project.watched_files])
         if key == self._reported_error:
             return
         self._reported_error = key
@@ -1024,10 +915,7 @@ class Runner:
             # Apart from the replicas, as Dash Enterprise's managed Redis/Postgres: their
             # memory is not in memory.total_bytes / max_bytes.
             "services": self.services.status() if self.services else [],
-            # One-shot steps of a deploy, not replicas: the last one run and its result.
-            "release": {"steps": [step.as_json() for step in self.project.release_steps],
-                        "last": self.release_last.as_json() if self.release_last else None,
-                        "running": self.release_running},
+            "release": self.releases.status(),
             "memory": {"total_bytes": sum(r.memory_bytes for r in self.replicas.values()),
                        "max_bytes": sum(r.memory_limit for r in self.replicas.values()),
                        "metric": (self.guard.metric if self.guard  # pss falls back to rss
@@ -1051,8 +939,7 @@ class Runner:
             "formation": self.counts,
             "services": self.services.identities() if self.services else {},
         }
-        if self._release_proc:  # a release step: its own process group, as a replica
-            state["replicas"][self.release_running] = rundir.identity(self._release_proc.pid)
+        state["replicas"].update(self.releases.identities())
         state["replicas"] = {k: v for k, v in state["replicas"].items() if v}
         try:
             rundir.write_state(self.run_dir, state)
@@ -1094,14 +981,6 @@ def _shown(path):
     """A path as short as it stays clear: relative to the current directory when inside."""
     rel = os.path.relpath(path)
     return path if rel.startswith(os.pardir) else rel
-
-
-def _content(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def _empty(path):
