@@ -23,6 +23,7 @@ from .cadence import busy_interval
 from .checks import load_checks
 from .deploys import Releases, file_content
 from .errors import RuntimeFailure, UsageError
+from .exitwatch import ExitWatcher
 from .failure import LOG_BYTES, cause, explain, load_failure, this_run
 from .formation import replica_port, resolve_formation, format_formation
 from .health import Health, HealthDriver
@@ -35,7 +36,7 @@ from .sizes import format_size
 
 FAILED_START_GRACE = 5.0  # s the other replicas get once one cannot load the app
 TRANSITIONS = ("STARTING", "STOPPING", "BACKOFF")  # supervisord states the monitor polls fast
-MONITOR_FAST, TAIL_FAST, TAIL_IDLE = 0.2, 0.1, 0.5  # seconds; idle: monitor_idle_interval
+TAIL_FAST, TAIL_IDLE = 0.1, 0.5  # seconds between reads of the logs
 _EXITED = ("EXITED", "BACKOFF", "FATAL")
 
 
@@ -111,10 +112,7 @@ class Runner:
         self.memory_history = None  # dashboard.MemoryHistory, sampled every second
         self.sup_died = False
         self.releases = Releases(project, settings, self.out, self._event, self._save_state)
-        self._activity = None        # when the monitor last saw a change (see poll_interval)
-        self._exits_watched = False  # a pidfd per supervised process wakes the monitor
-        self._pidfds = {}
-        self._monitor_wake = None
+        self.cadence = ExitWatcher(settings.monitor_idle_interval)  # when the monitor polls
 
     # -- lifecycle -----------------------------------------------------------
     def run(self, launched):
@@ -353,24 +351,15 @@ class Runner:
         return f"http://{host}:{self.port}" + (f"/{self.app_name}/" if self.app_name else "")
 
     # -- the monitor: observe, decide (lifecycle), carry out ----------------------
-    def poll_interval(self):
-        """Seconds until the next poll of supervisord: MONITOR_FAST while anything starts,
-        stops or changes (and for 2 s after), else ``monitor_idle_interval`` — a
-        replica's exit wakes the monitor at once through its pidfd (without pidfds,
-        always fast)."""
-        idle = self.settings.monitor_idle_interval if self._exits_watched else MONITOR_FAST
-        return busy_interval(time.monotonic(), self._activity, MONITOR_FAST, idle)
-
     async def _monitor(self):
         """gunicorn's arbiter: one loop that polls supervisord, steps each replica's
         state machine, ticks its timers, then sleeps until the next poll or deadline
         (or until a supervised process exits)."""
-        self._activity = time.monotonic()
-        self._monitor_wake = asyncio.Event()
+        self.cadence.start()
         try:
             await self._monitor_loop()
         finally:
-            self._watch_exits(())
+            self.cadence.close()
 
     async def _monitor_loop(self):
         while True:
@@ -403,58 +392,16 @@ class Runner:
             self._update_memory()
             if changed or self.lock.locked() or \
                     any(i["statename"] in TRANSITIONS for i in infos.values()):
-                self._activity = time.monotonic()
-            self._exits_watched = self._watch_exits(
-                {i["pid"] for i in infos.values() if i["pid"]})
-            await self._monitor_sleep(self._until_next_pass())
+                self.cadence.busy()
+            self.cadence.watch({i["pid"] for i in infos.values() if i["pid"]})
+            await self.cadence.sleep(self._until_next_pass())
 
     def _seen(self):
         """What a poll can change: each replica's state and process."""
         return {name: (r.state, r.pid) for name, r in self.replicas.items()}
 
-    async def _monitor_sleep(self, seconds):
-        try:
-            await asyncio.wait_for(self._monitor_wake.wait(), seconds)
-        except asyncio.TimeoutError:
-            return
-        self._monitor_wake.clear()
-        self._activity = time.monotonic()  # an exit: poll fast until supervisord has seen it
-
-    def _poke(self):
-        """The runner started or stopped something: poll now, then fast, so the new
-        process is watched (pidfd) and a quick failure is seen before any retry."""
-        self._activity = time.monotonic()
-        if self._monitor_wake is not None:
-            self._monitor_wake.set()
-
-    def _watch_exits(self, pids):
-        """Keep one pidfd per supervised process (replicas, services), readable when it
-        exits; False where pidfds are unavailable (not Linux >= 5.3)."""
-        for pid in [p for p in self._pidfds if p not in pids]:
-            self._pidfd_exited(pid, wake=False)
-        for pid in pids:
-            if pid in self._pidfds:
-                continue
-            try:
-                fd = os.pidfd_open(pid)
-            except ProcessLookupError:  # gone already: poll fast until supervisord says so
-                self._activity = time.monotonic()
-                continue
-            except (AttributeError, OSError):
-                return False
-            self._pidfds[pid] = fd
-            self.loop.add_reader(fd, self._pidfd_exited, pid)
-        return True
-
-    def _pidfd_exited(self, pid, wake=True):
-        fd = self._pidfds.pop(pid)
-        self.loop.remove_reader(fd)
-        os.close(fd)
-        if wake:
-            self._monitor_wake.set()
-
     def _until_next_pass(self):
-        delay = self.poll_interval()
+        delay = self.cadence.poll_interval()
         due = lifecycle.next_deadline([r.rec for r in self.replicas.values()])
         return delay if due is None else max(0.0, min(delay, due - time.monotonic()))
 
@@ -523,7 +470,7 @@ class Runner:
         if not calls:
             return None
         task = asyncio.ensure_future(asyncio.to_thread(self._supervise, calls))
-        task.add_done_callback(lambda _: self._poke())
+        task.add_done_callback(lambda _: self.cadence.poke())
         return task
 
     def _supervise(self, calls):
@@ -746,7 +693,7 @@ class Runner:
                 raise RuntimeFailure(f"port {spec.port} for {spec.name} is in use")
         new = [self._new_replica(spec) for spec in specs]
         await asyncio.to_thread(self._add_and_start, [r.name for r in new])
-        self._poke()
+        self.cadence.poke()
         return new
 
     async def _remove_replica(self, r):
@@ -964,7 +911,7 @@ class Runner:
                     last_line = time.monotonic()
             now = time.monotonic()
             await asyncio.sleep(min(busy_interval(now, last_line, TAIL_FAST, TAIL_IDLE),
-                                    busy_interval(now, self._activity, TAIL_FAST, TAIL_IDLE)))
+                                    busy_interval(now, self.cadence.activity, TAIL_FAST, TAIL_IDLE)))
 
     def _tail_once(self, r):
         """Print what was added to r's log; returns how many lines."""
