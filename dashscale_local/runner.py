@@ -17,7 +17,7 @@ from xmlrpc.client import Fault
 
 import psutil
 
-from . import lifecycle, release, rundir
+from . import lifecycle, release, rundir, status
 from .balancer import Pool
 from .cadence import busy_interval
 from .checks import load_checks
@@ -33,6 +33,7 @@ from .lifecycle import (Answered, Event, Fatal, OomKilled, OutOfRotation, Pin, P
                         StartProcess, State, StopProcess, Unhealthy, WatchMemory)
 from .output import LogTail, Printer, last_lines
 from .sizes import format_size
+from .status import order_key
 
 FAILED_START_GRACE = 5.0  # s the other replicas get once one cannot load the app
 TRANSITIONS = ("STARTING", "STOPPING", "BACKOFF")  # supervisord states the monitor polls fast
@@ -92,7 +93,8 @@ class Runner:
         self.lc = lifecycle.Settings.from_mapping(settings)
         self.lock = None
         self.stopping = None
-        self.events = []           # recent events for status/dashboard
+        self.events = status.Events()  # recent events for status/dashboard
+        self.state_file = status.StateFile(self.run_dir, self.out)
         self.limits = project.memory_limits
         self.guard = None
         self.proxy = None
@@ -521,7 +523,7 @@ class Runner:
         cpus = sorted(psutil.Process().cpu_affinity() or [])
         if not cpus or not r.pid:
             return
-        names = sorted(self.replicas, key=_order_key)
+        names = sorted(self.replicas, key=order_key)
         k, n = names.index(r.name), len(names)
         if n <= len(cpus):  # disjoint slices, as even as possible
             r.cpus = cpus[k * len(cpus) // n:(k + 1) * len(cpus) // n]
@@ -604,14 +606,14 @@ class Runner:
 
     def _select(self, target):
         if not target or target == "all":
-            return sorted(self.replicas, key=_order_key)
+            return sorted(self.replicas, key=order_key)
         if target in self.replicas:
             return [target]
         names = [n for n, r in self.replicas.items() if r.type == target]
         if not names:
             raise UsageError(f"no replica or process type named '{target}' "
-                             f"(running: {', '.join(sorted(self.replicas, key=_order_key))})")
-        return sorted(names, key=_order_key)
+                             f"(running: {', '.join(sorted(self.replicas, key=order_key))})")
+        return sorted(names, key=order_key)
 
     async def _roll(self, type_, names):
         """Replace replicas one at a time: start a new one, wait until it serves, then
@@ -798,7 +800,7 @@ class Runner:
             self.counts = counts
             for t in changed:
                 names = sorted((n for n, r in self.replicas.items() if r.type == t and r not in added),
-                               key=_order_key)
+                               key=order_key)
                 if names:
                     what.append(f"rolling {t}")
                     self.out.system(f"reload: {t} changed; rolling {len(names)} replica(s)")
@@ -837,68 +839,16 @@ class Runner:
     async def stop(self):
         self.stopping.set()
 
-    # -- status ----------------------------------------------------------------
+    # -- status (status.py) ------------------------------------------------------
     def status(self):
         self._update_memory()
-        replicas = [r.as_json() for r in sorted(self.replicas.values(), key=lambda r: _order_key(r.name))]
-        stats = self.pool.stats()
-        for item in replicas:
-            item["proxy"] = stats.get(item["name"], {"inflight": 0, "served": 0, "errors": 0})
-            item["checks"] = self.health.checks_of(item["name"])
-        return {
-            "app_name": self.app_name or None,
-            "spread": self.spread,
-            "proxy": {"url": self.url, "port": self.port, "host": self.host,
-                      "balance": self.pool.policy},
-            "procfile": self.project.procfile_path,
-            "formation": dict(self.counts),
-            "watching": self.watcher is not None,  # live reload of file edits is on
-            "runner_pid": os.getpid(),
-            "supervisord_pid": self.sup.process.pid if self.sup and self.sup.process else None,
-            "replicas": replicas,
-            # Each replica's own view of the app directory (overlay or copy), ../mount
-            # shared; or "shared": every replica in the user's directory (--shared-fs).
-            "filesystem": self.project.pods.status(),
-            # Apart from the replicas, as Dash Enterprise's managed Redis/Postgres: their
-            # memory is not in memory.total_bytes / max_bytes.
-            "services": self.services.status() if self.services else [],
-            "release": self.releases.status(),
-            "memory": {"total_bytes": sum(r.memory_bytes for r in self.replicas.values()),
-                       "max_bytes": sum(r.memory_limit for r in self.replicas.values()),
-                       "metric": (self.guard.metric if self.guard  # pss falls back to rss
-                                  else self.settings.memory_metric),
-                       "on_limit": self.settings.on_limit},
-            "events": self.events[-50:],
-            "proxy_stats": self.proxy.stats() if self.proxy else {},
-        }
+        return status.status(self)
 
     def _event(self, kind, message):
-        self.events.append({"time": time.time(), "kind": kind, "message": message})
-        del self.events[:-200]
+        self.events.add(kind, message)
 
     def _save_state(self, strict=False):
-        state = {
-            "runner": rundir.identity(os.getpid()),
-            "supervisord": rundir.identity(self.sup.process.pid) if self.sup and self.sup.process else None,
-            "replicas": {r.name: rundir.identity(r.pid) for r in self.replicas.values() if r.pid},
-            "procfile": self.project.procfile_path,
-            "proxy": {"host": self.host, "port": self.port},
-            "formation": self.counts,
-            "services": self.services.identities() if self.services else {},
-        }
-        state["replicas"].update(self.releases.identities())
-        state["replicas"] = {k: v for k, v in state["replicas"].items() if v}
-        try:
-            rundir.write_state(self.run_dir, state)
-        except OSError as exc:  # disk full: keep running (and monitoring), say it once
-            if strict:
-                raise
-            if not getattr(self, "_state_error", None):
-                self.out.system(f"WARNING: cannot write {rundir.state_path(self.run_dir)}: "
-                                f"{exc.strerror}; a kill -9 now would leave orphans")
-            self._state_error = exc.strerror
-            return
-        self._state_error = None
+        self.state_file.write(status.state(self), strict)
 
     # -- logs ----------------------------------------------------------------
     async def _tail_logs(self):
@@ -936,7 +886,3 @@ def _empty(path):
     except OSError:
         return False
 
-
-def _order_key(name):
-    type_, _, index = name.rpartition(".")
-    return (type_, int(index) if index.isdigit() else 0)
