@@ -19,7 +19,6 @@ import psutil
 
 from . import lifecycle, release, rundir, status
 from .balancer import Pool
-from .cadence import busy_interval
 from .checks import load_checks
 from .deploys import Releases, file_content
 from .errors import RuntimeFailure, UsageError
@@ -31,13 +30,13 @@ from .launch import give_up, write_replica_program
 from .lifecycle import (Answered, Event, Fatal, OomKilled, OutOfRotation, Pin, ProcessInfo,
                         Removing, Report, RestartRequested, ScheduleRestart, StartProbe,
                         StartProcess, State, StopProcess, Unhealthy, WatchMemory)
-from .output import LogTail, Printer, last_lines
+from .logfollow import LogFollower
+from .output import Printer, last_lines
 from .sizes import format_size
 from .status import order_key
 
 FAILED_START_GRACE = 5.0  # s the other replicas get once one cannot load the app
 TRANSITIONS = ("STARTING", "STOPPING", "BACKOFF")  # supervisord states the monitor polls fast
-TAIL_FAST, TAIL_IDLE = 0.1, 0.5  # seconds between reads of the logs
 _EXITED = ("EXITED", "BACKOFF", "FATAL")
 
 
@@ -100,7 +99,7 @@ class Runner:
         self.proxy = None
         self.control = None
         self.sup = None
-        self._tails = {}
+        self.logs = LogFollower(self.out, lambda name: self.sup.log_path(name))
         self.started_at = time.time()
         self.created = time.monotonic()
         self.positions = {t: i for i, t in enumerate(project.type_names)}
@@ -127,10 +126,8 @@ class Runner:
             r.awaited = True  # _await_startup reports its failure, one line per type
             if launched.autostart:
                 r.rec = replace(r.rec, spawned_at=launched.spawned_at)
-        for svc in self.services or ():  # a service's log outlives runs: show only this run's lines
-            path = self.sup.log_path(svc.name)
-            self._tails[svc.name] = LogTail(path, from_start=not os.path.exists(path))
-            self._tails[svc.name].read_lines()
+        for svc in self.services or ():
+            self.logs.follow_new(svc.name)
         self.created = launched.started  # "ready in" counts from the start command
         try:
             self._save_state(strict=True)  # without state.json a kill -9 would orphan replicas
@@ -196,7 +193,8 @@ class Runner:
             await self.proxy.start()
             self.control = ControlServer(rundir.control_socket(self.run_dir), self.api)
             await self.control.start()
-            tasks += [asyncio.ensure_future(self._monitor()), asyncio.ensure_future(self._tail_logs()),
+            tail = self.logs.run(self._names, lambda: self.cadence.activity)
+            tasks += [asyncio.ensure_future(self._monitor()), asyncio.ensure_future(tail),
                       dashboard.start_history(self)]  # dashboard: memory-over-time samples
             startup = asyncio.ensure_future(self._await_startup())
             tasks.append(asyncio.ensure_future(self._watch_files(startup)))
@@ -251,9 +249,9 @@ class Runner:
         if self.services:
             self.services.stop_leftovers()
             for s in self.services:
-                self._tail_once(s)
-        for r in self.replicas.values():
-            self._tail_once(r)
+                self.logs.once(s.name)
+        for name in list(self.replicas):
+            self.logs.once(name)
         for name in ("supervisor.sock", "control.sock", "state.json", "supervisord.pid",
                      rundir.TOKEN_FILE):
             try:
@@ -272,6 +270,10 @@ class Runner:
                     pass
 
     # -- replicas ------------------------------------------------------------
+    def _names(self):
+        """Every supervised process: the replicas, then the services."""
+        return list(self.replicas) + [s.name for s in self.services or ()]
+
     def _new_replica(self, spec):
         """A replica added while running (scale, roll): its program, then its object."""
         write_replica_program(self.sup, self.project, spec, self.app_name)
@@ -281,7 +283,7 @@ class Runner:
         ptype = self.project.procfile.types[spec.type]
         r = Replica(spec, ptype.command, self.limits[spec.type])
         self.replicas[r.name] = r
-        self._tails[r.name] = tail or LogTail.from_end(self.sup.log_path(r.name))
+        self.logs.follow(r.name, tail)
         return r
 
     def _add_and_start(self, names):
@@ -712,7 +714,7 @@ class Runner:
         self.project.pods.discard(r.name)
         self.health.gone(r.name)
         self.replicas.pop(r.name, None)
-        self._tails.pop(r.name, None)
+        self.logs.forget(r.name)
 
     # -- reload on file changes --------------------------------------------------
     async def _watch_files(self, startup, at_most=2.0):
@@ -849,29 +851,6 @@ class Runner:
 
     def _save_state(self, strict=False):
         self.state_file.write(status.state(self), strict)
-
-    # -- logs ----------------------------------------------------------------
-    async def _tail_logs(self):
-        """Print the replicas' new log lines: every 0.1 s while lines come or the monitor
-        sees changes, else every 0.5 s."""
-        last_line = None
-        while True:
-            for r in list(self.replicas.values()) + list(self.services or ()):
-                if self._tail_once(r):
-                    last_line = time.monotonic()
-            now = time.monotonic()
-            await asyncio.sleep(min(busy_interval(now, last_line, TAIL_FAST, TAIL_IDLE),
-                                    busy_interval(now, self.cadence.activity, TAIL_FAST, TAIL_IDLE)))
-
-    def _tail_once(self, r):
-        """Print what was added to r's log; returns how many lines."""
-        tail = self._tails.get(r.name)
-        if tail is None:
-            tail = self._tails[r.name] = LogTail(self.sup.log_path(r.name), from_start=True)
-        lines = tail.read_lines()
-        for line in lines:
-            self.out.line(r.name, line)
-        return len(lines)
 
 
 def _shown(path):
