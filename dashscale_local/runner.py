@@ -2,7 +2,8 @@
 changes. What happens to a replica is decided by lifecycle.py (its state machine) and
 what is in the proxy's rotation by health.py; the runner observes supervisord, the
 memory guard and the probes, feeds them in and carries out the effects they return.
-See docs/lifecycle.md.
+See docs/lifecycle.md. Its parts by role: deploys.py (release steps), exitwatch.py
+(monitor cadence), status.py (status, state.json), replica_memory.py, logfollow.py.
 
 Blocking work (XML-RPC to supervisord, psutil) runs in threads; everything that changes
 the formation runs on the loop, serialised by one lock, so concurrent `scale` calls
@@ -14,8 +15,6 @@ import signal
 import time
 from dataclasses import replace
 from xmlrpc.client import Fault
-
-import psutil
 
 from . import lifecycle, release, rundir, status
 from .balancer import Pool
@@ -32,6 +31,7 @@ from .lifecycle import (Answered, Event, Fatal, OomKilled, OutOfRotation, Pin, P
                         StartProcess, State, StopProcess, Unhealthy, WatchMemory)
 from .logfollow import LogFollower
 from .output import Printer, last_lines
+from .replica_memory import ReplicaMemory
 from .sizes import format_size
 from .status import order_key
 
@@ -95,7 +95,6 @@ class Runner:
         self.events = status.Events()  # recent events for status/dashboard
         self.state_file = status.StateFile(self.run_dir, self.out)
         self.limits = project.memory_limits
-        self.guard = None
         self.proxy = None
         self.control = None
         self.sup = None
@@ -106,6 +105,8 @@ class Runner:
         self.app_name = settings.app_name
         self.spread = self.lc.spread
         self.watcher = None
+        self.memory = ReplicaMemory(settings, self.replicas, self.out, self._event,
+                                    self.observe, self.health.served_since_spawn)
         self.startup_error = None  # raised once stopped (e.g. every replica OOMKilled idle)
         self._reported_error = None  # the bad edit reported last (reported once)
         self.services = None       # managed Redis/Postgres (services.py), may be empty
@@ -149,7 +150,6 @@ class Runner:
         from . import dashboard
         from .api import ControlAPI
         from .control import ControlServer
-        from .memory import MemoryGuard
         from .proxy import Proxy
 
         self.lock = asyncio.Lock()
@@ -173,15 +173,7 @@ class Runner:
                     r.rec = replace(r.rec, spawned_at=now)
                 await asyncio.to_thread(self.sup.start_many, list(self.replicas))
             self._save_state()
-            self.guard = MemoryGuard(
-                interval=self.settings.memory_interval,
-                idle_interval=self.settings.memory_idle_interval,
-                max_growth=self.settings.memory_max_growth, idle_refresh=60.0,
-                metric=self.settings.memory_metric,
-                before_kill=self._guard_before_kill,
-                on_kill=lambda name, info: loop.call_soon_threadsafe(self._oom_killed, name, info),
-                on_warning=lambda name, info: loop.call_soon_threadsafe(self._memory_warning, name, info))
-            self.guard.start()
+            self.memory.start(self.sup)
             self.health_driver = HealthDriver(self.health)
             self.health_driver.start()
             self.api = ControlAPI(self)  # the one control surface, behind both doors
@@ -233,8 +225,7 @@ class Runner:
             await self.control.close()
         if self.proxy:
             await self.proxy.close()
-        if self.guard:
-            self.guard.stop()
+        self.memory.stop()
         if self.health_driver:
             self.health_driver.stop()
         if self.sup and self.sup.process:
@@ -350,6 +341,11 @@ class Runner:
         return self.settings.ready_timeout + self.health.checks_budget()
 
     @property
+    def guard(self):
+        """The memory guard (memory.py), once the loop runs."""
+        return self.memory.guard
+
+    @property
     def url(self):
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}" + (f"/{self.app_name}/" if self.app_name else "")
@@ -393,7 +389,7 @@ class Runner:
                 changed = True
             if changed:
                 self._save_state()
-            self._update_memory()
+            self.memory.update()
             if changed or self.lock.locked() or \
                     any(i["statename"] in TRANSITIONS for i in infos.values()):
                 self.cadence.busy()
@@ -488,13 +484,6 @@ class Runner:
         except (OSError, Fault):
             pass  # removed meanwhile, or supervisord is going away: the monitor sees it
 
-    def _watch_memory(self, r, e):
-        if self.guard:
-            try:
-                self.guard.watch(e.name, e.pid, e.limit)
-            except ProcessLookupError:
-                pass  # already gone; the next poll sees its successor
-
     def _fatal(self, r, e):
         """It cannot start: the line that says why, from its log (a waiter — start, a
         roll — reports it, else it is printed here)."""
@@ -513,70 +502,11 @@ class Runner:
         Event: lambda self, r, e: self._event(e.kind, e.message),
         StartProbe: lambda self, r, e: self.health.spawned(e.name, e.pid, e.port),
         OutOfRotation: lambda self, r, e: self.health.down(e.name),
-        WatchMemory: _watch_memory,
-        Pin: lambda self, r, e: self._apply_spread(r),
+        WatchMemory: lambda self, r, e: self.memory.watch(e),
+        Pin: lambda self, r, e: self.memory.spread(r),
         ScheduleRestart: lambda self, r, e: None,  # the monitor sleeps until next_deadline
         Fatal: _fatal,
     }
-
-    def _apply_spread(self, r):
-        """--spread: pin each replica's tree to its own CPUs (the local analogue of
-        Dash Enterprise scheduling replicas on different nodes when it can)."""
-        cpus = sorted(psutil.Process().cpu_affinity() or [])
-        if not cpus or not r.pid:
-            return
-        names = sorted(self.replicas, key=order_key)
-        k, n = names.index(r.name), len(names)
-        if n <= len(cpus):  # disjoint slices, as even as possible
-            r.cpus = cpus[k * len(cpus) // n:(k + 1) * len(cpus) // n]
-        else:
-            r.cpus = [cpus[k % len(cpus)]]
-        try:
-            root = psutil.Process(r.pid)
-            for proc in [root] + root.children(recursive=True):
-                proc.cpu_affinity(r.cpus)
-        except (psutil.Error, OSError):
-            pass
-
-    # -- memory --------------------------------------------------------------
-    def _update_memory(self):
-        """Copy the guard's figures into the replicas (for status and the dashboard).
-        peak_bytes is the peak of the current process (of the killed one while OOMKILLED)."""
-        snap = self.guard.snapshot() if self.guard else {}
-        for r in self.replicas.values():
-            m = snap.get(r.name)
-            if m and r.pid == m.get("pid") and r.state in lifecycle.UP:
-                if r.peak_pid != r.pid:  # a new process (restart): a new peak
-                    r.peak_pid, r.peak_bytes = r.pid, 0
-                r.memory_bytes = m["memory_bytes"]
-                r.peak_bytes = max(r.peak_bytes, m.get("peak_bytes", 0), r.memory_bytes)
-            elif r.state not in lifecycle.UP:
-                r.memory_bytes = 0
-
-    def _guard_before_kill(self, name):
-        # Runs on a helper thread with the replica's tree frozen (SIGSTOP): tell supervisord
-        # this exit is a stop, so it does not restart the replica behind the guard's back;
-        # the guard SIGKILLs the group right after. If this loses the race, the monitor
-        # sees the respawn of a held replica and stops it (lifecycle's hold-down).
-        self.sup.stop_replica(name, wait=False)
-
-    def _oom_killed(self, name, info):
-        r = self.replicas.get(name)
-        if r is None:
-            return
-        r.memory_bytes = 0
-        r.peak_bytes = max(r.peak_bytes, info.get("peak_bytes") or 0, info.get("memory_bytes", 0))
-        self.observe(name, OomKilled.from_guard(info, self.health.served_since_spawn(name)))
-
-    def _memory_warning(self, name, info):
-        r = self.replicas.get(name)
-        if r:
-            used, limit = info.get("memory_bytes", 0), info.get("limit_bytes", r.memory_limit)
-            pct = 100.0 * used / limit if limit else 0
-            self.out.system(f"WARNING {name} uses {format_size(used)}, {pct:.0f}% of its "
-                            f"{format_size(limit)} memory limit (over 80%; OOMKilled at 100%)")
-            self._event("memory", f"{name} passed 80% of its memory limit "
-                                  f"({format_size(used)} of {format_size(limit)})")
 
     # -- live changes (control API) -------------------------------------------
     async def restart(self, target=None, rolling=False):
@@ -708,8 +638,7 @@ class Runner:
         drained = await self.pool.drain(r.name, grace)
         if not drained:
             self.out.system(f"{r.name}: requests still in flight after {grace:g}s; stopping anyway")
-        if self.guard:
-            self.guard.unwatch(r.name)
+        self.memory.unwatch(r.name)
         await asyncio.to_thread(self.sup.remove, r.name)
         self.project.pods.discard(r.name)
         self.health.gone(r.name)
@@ -843,7 +772,7 @@ class Runner:
 
     # -- status (status.py) ------------------------------------------------------
     def status(self):
-        self._update_memory()
+        self.memory.update()
         return status.status(self)
 
     def _event(self, kind, message):
