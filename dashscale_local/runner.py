@@ -2,7 +2,8 @@
 changes. What happens to a replica is decided by lifecycle.py (its state machine) and
 what is in the proxy's rotation by health.py; the runner observes supervisord, the
 memory guard and the probes, feeds them in and carries out the effects they return.
-See docs/lifecycle.md.
+See docs/lifecycle.md. Its parts by role: deploys.py (release steps), exitwatch.py
+(monitor cadence), status.py (status, state.json), replica_memory.py, logfollow.py.
 
 Blocking work (XML-RPC to supervisord, psutil) runs in threads; everything that changes
 the formation runs on the loop, serialised by one lock, so concurrent `scale` calls
@@ -15,26 +16,27 @@ import time
 from dataclasses import replace
 from xmlrpc.client import Fault
 
-import psutil
-
-from . import lifecycle, release, rundir
+from . import lifecycle, release, rundir, status
 from .balancer import Pool
-from .cadence import busy_interval
 from .checks import load_checks
+from .deploys import Releases, file_content
 from .errors import RuntimeFailure, UsageError
+from .exitwatch import ExitWatcher
 from .failure import LOG_BYTES, cause, explain, load_failure, this_run
 from .formation import replica_port, resolve_formation, format_formation
 from .health import Health, HealthDriver
-from .launch import give_up, process_env, write_replica_program
+from .launch import give_up, write_replica_program
 from .lifecycle import (Answered, Event, Fatal, OomKilled, OutOfRotation, Pin, ProcessInfo,
                         Removing, Report, RestartRequested, ScheduleRestart, StartProbe,
                         StartProcess, State, StopProcess, Unhealthy, WatchMemory)
-from .output import LogTail, Printer, last_lines
+from .logfollow import LogFollower
+from .output import Printer, last_lines
+from .replica_memory import ReplicaMemory
 from .sizes import format_size
+from .status import order_key
 
 FAILED_START_GRACE = 5.0  # s the other replicas get once one cannot load the app
 TRANSITIONS = ("STARTING", "STOPPING", "BACKOFF")  # supervisord states the monitor polls fast
-MONITOR_FAST, TAIL_FAST, TAIL_IDLE = 0.2, 0.1, 0.5  # seconds; idle: monitor_idle_interval
 _EXITED = ("EXITED", "BACKOFF", "FATAL")
 
 
@@ -90,48 +92,43 @@ class Runner:
         self.lc = lifecycle.Settings.from_mapping(settings)
         self.lock = None
         self.stopping = None
-        self.events = []           # recent events for status/dashboard
+        self.events = status.Events()  # recent events for status/dashboard
+        self.state_file = status.StateFile(self.run_dir, self.out)
         self.limits = project.memory_limits
-        self.guard = None
         self.proxy = None
         self.control = None
         self.sup = None
-        self._tails = {}
+        self.logs = LogFollower(self.out, lambda name: self.sup.log_path(name))
         self.started_at = time.time()
         self.created = time.monotonic()
         self.positions = {t: i for i, t in enumerate(project.type_names)}
         self.app_name = settings.app_name
         self.spread = self.lc.spread
         self.watcher = None
+        self.memory = ReplicaMemory(settings, self.replicas, self.out, self._event,
+                                    self.observe, self.health.served_since_spawn)
         self.startup_error = None  # raised once stopped (e.g. every replica OOMKilled idle)
         self._reported_error = None  # the bad edit reported last (reported once)
         self.services = None       # managed Redis/Postgres (services.py), may be empty
         self.autostart = False     # supervisord started the first replicas by itself
         self.memory_history = None  # dashboard.MemoryHistory, sampled every second
         self.sup_died = False
-        self.release_last = None     # release.Outcome of the last release step run
-        self.release_running = None  # the step running now
-        self._release_proc = None    # its process (in state.json: a kill -9 orphans none)
-        self._release_failed = None  # the files' content whose release failed (said once)
-        self._activity = None        # when the monitor last saw a change (see poll_interval)
-        self._exits_watched = False  # a pidfd per supervised process wakes the monitor
-        self._pidfds = {}
-        self._monitor_wake = None
+        self.releases = Releases(project, settings, self.out, self._event, self._save_state)
+        self.cadence = ExitWatcher(settings.monitor_idle_interval)  # when the monitor polls
 
     # -- lifecycle -----------------------------------------------------------
     def run(self, launched):
         """Take over what launch.launch() spawned, then run the loop until stopped."""
         self.sup, self.listener, self.services = launched.sup, launched.listener, launched.services
         self.autostart = launched.autostart
+        self.releases.sup = self.sup
         for spec in launched.specs:
             r = self._add_replica_object(spec, launched.tails[spec.name])
             r.awaited = True  # _await_startup reports its failure, one line per type
             if launched.autostart:
                 r.rec = replace(r.rec, spawned_at=launched.spawned_at)
-        for svc in self.services or ():  # a service's log outlives runs: show only this run's lines
-            path = self.sup.log_path(svc.name)
-            self._tails[svc.name] = LogTail(path, from_start=not os.path.exists(path))
-            self._tails[svc.name].read_lines()
+        for svc in self.services or ():
+            self.logs.follow_new(svc.name)
         self.created = launched.started  # "ready in" counts from the start command
         try:
             self._save_state(strict=True)  # without state.json a kill -9 would orphan replicas
@@ -153,11 +150,10 @@ class Runner:
         from . import dashboard
         from .api import ControlAPI
         from .control import ControlServer
-        from .memory import MemoryGuard
         from .proxy import Proxy
 
         self.lock = asyncio.Lock()
-        self.stopping = asyncio.Event()
+        self.stopping = self.releases.stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         self.loop = loop
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -168,7 +164,7 @@ class Runner:
             if self.services:  # replicas start only once every service answers
                 await asyncio.to_thread(self.services.start, self.sup, self.out,
                                         self.settings.ready_timeout)
-            if not await self._release_at_start():
+            if not await self.releases.at_start():
                 return 0  # stopped while the release ran
             self.out.system(f"starting {format_formation(self.counts)} from {self.project.procfile_path}")
             if not self.autostart:
@@ -177,15 +173,7 @@ class Runner:
                     r.rec = replace(r.rec, spawned_at=now)
                 await asyncio.to_thread(self.sup.start_many, list(self.replicas))
             self._save_state()
-            self.guard = MemoryGuard(
-                interval=self.settings.memory_interval,
-                idle_interval=self.settings.memory_idle_interval,
-                max_growth=self.settings.memory_max_growth, idle_refresh=60.0,
-                metric=self.settings.memory_metric,
-                before_kill=self._guard_before_kill,
-                on_kill=lambda name, info: loop.call_soon_threadsafe(self._oom_killed, name, info),
-                on_warning=lambda name, info: loop.call_soon_threadsafe(self._memory_warning, name, info))
-            self.guard.start()
+            self.memory.start(self.sup)
             self.health_driver = HealthDriver(self.health)
             self.health_driver.start()
             self.api = ControlAPI(self)  # the one control surface, behind both doors
@@ -197,14 +185,15 @@ class Runner:
             await self.proxy.start()
             self.control = ControlServer(rundir.control_socket(self.run_dir), self.api)
             await self.control.start()
-            tasks += [asyncio.ensure_future(self._monitor()), asyncio.ensure_future(self._tail_logs()),
+            tail = self.logs.run(self._names, lambda: self.cadence.activity)
+            tasks += [asyncio.ensure_future(self._monitor()), asyncio.ensure_future(tail),
                       dashboard.start_history(self)]  # dashboard: memory-over-time samples
             startup = asyncio.ensure_future(self._await_startup())
             tasks.append(asyncio.ensure_future(self._watch_files(startup)))
             ok = await startup
             if ok:
                 async with self.lock:  # postdeploy, once the replicas serve
-                    await self._after_deploy(self.project.release_steps)
+                    await self.releases.after_deploy(self.project.release_steps)
                 await self.stopping.wait()
                 if self.startup_error is not None:
                     raise self.startup_error
@@ -236,8 +225,7 @@ class Runner:
             await self.control.close()
         if self.proxy:
             await self.proxy.close()
-        if self.guard:
-            self.guard.stop()
+        self.memory.stop()
         if self.health_driver:
             self.health_driver.stop()
         if self.sup and self.sup.process:
@@ -252,9 +240,9 @@ class Runner:
         if self.services:
             self.services.stop_leftovers()
             for s in self.services:
-                self._tail_once(s)
-        for r in self.replicas.values():
-            self._tail_once(r)
+                self.logs.once(s.name)
+        for name in list(self.replicas):
+            self.logs.once(name)
         for name in ("supervisor.sock", "control.sock", "state.json", "supervisord.pid",
                      rundir.TOKEN_FILE):
             try:
@@ -273,6 +261,10 @@ class Runner:
                     pass
 
     # -- replicas ------------------------------------------------------------
+    def _names(self):
+        """Every supervised process: the replicas, then the services."""
+        return list(self.replicas) + [s.name for s in self.services or ()]
+
     def _new_replica(self, spec):
         """A replica added while running (scale, roll): its program, then its object."""
         write_replica_program(self.sup, self.project, spec, self.app_name)
@@ -282,7 +274,7 @@ class Runner:
         ptype = self.project.procfile.types[spec.type]
         r = Replica(spec, ptype.command, self.limits[spec.type])
         self.replicas[r.name] = r
-        self._tails[r.name] = tail or LogTail.from_end(self.sup.log_path(r.name))
+        self.logs.follow(r.name, tail)
         return r
 
     def _add_and_start(self, names):
@@ -349,29 +341,25 @@ class Runner:
         return self.settings.ready_timeout + self.health.checks_budget()
 
     @property
+    def guard(self):
+        """The memory guard (memory.py), once the loop runs."""
+        return self.memory.guard
+
+    @property
     def url(self):
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}" + (f"/{self.app_name}/" if self.app_name else "")
 
     # -- the monitor: observe, decide (lifecycle), carry out ----------------------
-    def poll_interval(self):
-        """Seconds until the next poll of supervisord: MONITOR_FAST while anything starts,
-        stops or changes (and for 2 s after), else ``monitor_idle_interval`` — a
-        replica's exit wakes the monitor at once through its pidfd (without pidfds,
-        always fast)."""
-        idle = self.settings.monitor_idle_interval if self._exits_watched else MONITOR_FAST
-        return busy_interval(time.monotonic(), self._activity, MONITOR_FAST, idle)
-
     async def _monitor(self):
         """gunicorn's arbiter: one loop that polls supervisord, steps each replica's
         state machine, ticks its timers, then sleeps until the next poll or deadline
         (or until a supervised process exits)."""
-        self._activity = time.monotonic()
-        self._monitor_wake = asyncio.Event()
+        self.cadence.start()
         try:
             await self._monitor_loop()
         finally:
-            self._watch_exits(())
+            self.cadence.close()
 
     async def _monitor_loop(self):
         while True:
@@ -401,61 +389,19 @@ class Runner:
                 changed = True
             if changed:
                 self._save_state()
-            self._update_memory()
+            self.memory.update()
             if changed or self.lock.locked() or \
                     any(i["statename"] in TRANSITIONS for i in infos.values()):
-                self._activity = time.monotonic()
-            self._exits_watched = self._watch_exits(
-                {i["pid"] for i in infos.values() if i["pid"]})
-            await self._monitor_sleep(self._until_next_pass())
+                self.cadence.busy()
+            self.cadence.watch({i["pid"] for i in infos.values() if i["pid"]})
+            await self.cadence.sleep(self._until_next_pass())
 
     def _seen(self):
         """What a poll can change: each replica's state and process."""
         return {name: (r.state, r.pid) for name, r in self.replicas.items()}
 
-    async def _monitor_sleep(self, seconds):
-        try:
-            await asyncio.wait_for(self._monitor_wake.wait(), seconds)
-        except asyncio.TimeoutError:
-            return
-        self._monitor_wake.clear()
-        self._activity = time.monotonic()  # an exit: poll fast until supervisord has seen it
-
-    def _poke(self):
-        """The runner started or stopped something: poll now, then fast, so the new
-        process is watched (pidfd) and a quick failure is seen before any retry."""
-        self._activity = time.monotonic()
-        if self._monitor_wake is not None:
-            self._monitor_wake.set()
-
-    def _watch_exits(self, pids):
-        """Keep one pidfd per supervised process (replicas, services), readable when it
-        exits; False where pidfds are unavailable (not Linux >= 5.3)."""
-        for pid in [p for p in self._pidfds if p not in pids]:
-            self._pidfd_exited(pid, wake=False)
-        for pid in pids:
-            if pid in self._pidfds:
-                continue
-            try:
-                fd = os.pidfd_open(pid)
-            except ProcessLookupError:  # gone already: poll fast until supervisord says so
-                self._activity = time.monotonic()
-                continue
-            except (AttributeError, OSError):
-                return False
-            self._pidfds[pid] = fd
-            self.loop.add_reader(fd, self._pidfd_exited, pid)
-        return True
-
-    def _pidfd_exited(self, pid, wake=True):
-        fd = self._pidfds.pop(pid)
-        self.loop.remove_reader(fd)
-        os.close(fd)
-        if wake:
-            self._monitor_wake.set()
-
     def _until_next_pass(self):
-        delay = self.poll_interval()
+        delay = self.cadence.poll_interval()
         due = lifecycle.next_deadline([r.rec for r in self.replicas.values()])
         return delay if due is None else max(0.0, min(delay, due - time.monotonic()))
 
@@ -524,7 +470,7 @@ class Runner:
         if not calls:
             return None
         task = asyncio.ensure_future(asyncio.to_thread(self._supervise, calls))
-        task.add_done_callback(lambda _: self._poke())
+        task.add_done_callback(lambda _: self.cadence.poke())
         return task
 
     def _supervise(self, calls):
@@ -537,13 +483,6 @@ class Runner:
                     self.sup.start_replica(call.name)
         except (OSError, Fault):
             pass  # removed meanwhile, or supervisord is going away: the monitor sees it
-
-    def _watch_memory(self, r, e):
-        if self.guard:
-            try:
-                self.guard.watch(e.name, e.pid, e.limit)
-            except ProcessLookupError:
-                pass  # already gone; the next poll sees its successor
 
     def _fatal(self, r, e):
         """It cannot start: the line that says why, from its log (a waiter — start, a
@@ -563,70 +502,11 @@ class Runner:
         Event: lambda self, r, e: self._event(e.kind, e.message),
         StartProbe: lambda self, r, e: self.health.spawned(e.name, e.pid, e.port),
         OutOfRotation: lambda self, r, e: self.health.down(e.name),
-        WatchMemory: _watch_memory,
-        Pin: lambda self, r, e: self._apply_spread(r),
+        WatchMemory: lambda self, r, e: self.memory.watch(e),
+        Pin: lambda self, r, e: self.memory.spread(r),
         ScheduleRestart: lambda self, r, e: None,  # the monitor sleeps until next_deadline
         Fatal: _fatal,
     }
-
-    def _apply_spread(self, r):
-        """--spread: pin each replica's tree to its own CPUs (the local analogue of
-        Dash Enterprise scheduling replicas on different nodes when it can)."""
-        cpus = sorted(psutil.Process().cpu_affinity() or [])
-        if not cpus or not r.pid:
-            return
-        names = sorted(self.replicas, key=_order_key)
-        k, n = names.index(r.name), len(names)
-        if n <= len(cpus):  # disjoint slices, as even as possible
-            r.cpus = cpus[k * len(cpus) // n:(k + 1) * len(cpus) // n]
-        else:
-            r.cpus = [cpus[k % len(cpus)]]
-        try:
-            root = psutil.Process(r.pid)
-            for proc in [root] + root.children(recursive=True):
-                proc.cpu_affinity(r.cpus)
-        except (psutil.Error, OSError):
-            pass
-
-    # -- memory --------------------------------------------------------------
-    def _update_memory(self):
-        """Copy the guard's figures into the replicas (for status and the dashboard).
-        peak_bytes is the peak of the current process (of the killed one while OOMKILLED)."""
-        snap = self.guard.snapshot() if self.guard else {}
-        for r in self.replicas.values():
-            m = snap.get(r.name)
-            if m and r.pid == m.get("pid") and r.state in lifecycle.UP:
-                if r.peak_pid != r.pid:  # a new process (restart): a new peak
-                    r.peak_pid, r.peak_bytes = r.pid, 0
-                r.memory_bytes = m["memory_bytes"]
-                r.peak_bytes = max(r.peak_bytes, m.get("peak_bytes", 0), r.memory_bytes)
-            elif r.state not in lifecycle.UP:
-                r.memory_bytes = 0
-
-    def _guard_before_kill(self, name):
-        # Runs on a helper thread with the replica's tree frozen (SIGSTOP): tell supervisord
-        # this exit is a stop, so it does not restart the replica behind the guard's back;
-        # the guard SIGKILLs the group right after. If this loses the race, the monitor
-        # sees the respawn of a held replica and stops it (lifecycle's hold-down).
-        self.sup.stop_replica(name, wait=False)
-
-    def _oom_killed(self, name, info):
-        r = self.replicas.get(name)
-        if r is None:
-            return
-        r.memory_bytes = 0
-        r.peak_bytes = max(r.peak_bytes, info.get("peak_bytes") or 0, info.get("memory_bytes", 0))
-        self.observe(name, OomKilled.from_guard(info, self.health.served_since_spawn(name)))
-
-    def _memory_warning(self, name, info):
-        r = self.replicas.get(name)
-        if r:
-            used, limit = info.get("memory_bytes", 0), info.get("limit_bytes", r.memory_limit)
-            pct = 100.0 * used / limit if limit else 0
-            self.out.system(f"WARNING {name} uses {format_size(used)}, {pct:.0f}% of its "
-                            f"{format_size(limit)} memory limit (over 80%; OOMKilled at 100%)")
-            self._event("memory", f"{name} passed 80% of its memory limit "
-                                  f"({format_size(used)} of {format_size(limit)})")
 
     # -- live changes (control API) -------------------------------------------
     async def restart(self, target=None, rolling=False):
@@ -634,8 +514,9 @@ class Runner:
             names = self._select(target)
             deploy = target not in self.replicas  # not one pod's restart: a deploy of the tree
             if deploy:
-                failed = await self._deploy({self.replicas[n].type for n in names},
-                                            () if rolling else names, self.project.release_steps)
+                failed = await self.releases.deploy({self.replicas[n].type for n in names},
+                                                    () if rolling else names,
+                                                    self.project.release_steps)
                 if failed:
                     raise RuntimeFailure(f"release step failed: {failed.describe()}; "
                                          "nothing restarted, the replicas keep serving")
@@ -651,34 +532,20 @@ class Runner:
                     if calls:
                         await calls
             if deploy:
-                await self._after_deploy(self.project.release_steps)
+                await self.releases.after_deploy(self.project.release_steps)
             self._event("restart", f"restarted {', '.join(names)}" + (" (rolling)" if rolling else ""))
             return names
 
-    async def _deploy(self, types, names=(), steps=(), dotenv=None):
-        """A new snapshot of the app tree (podfs); the release ``steps`` run on it; once
-        they pass, it is for the replicas of ``types`` started from now on, and for
-        ``names`` at their next spawn. The Outcome of a failed step (then the snapshot
-        is for nobody), else None."""
-        await asyncio.to_thread(self.project.pods.deploy)
-        failed = await self._run_release(steps, "before", dotenv)
-        if failed:
-            return failed
-        self.project.pods.assign(types)
-        for name in names:
-            self.project.pods.entry(self.sup.launch_dir, name)
-        return None
-
     def _select(self, target):
         if not target or target == "all":
-            return sorted(self.replicas, key=_order_key)
+            return sorted(self.replicas, key=order_key)
         if target in self.replicas:
             return [target]
         names = [n for n, r in self.replicas.items() if r.type == target]
         if not names:
             raise UsageError(f"no replica or process type named '{target}' "
-                             f"(running: {', '.join(sorted(self.replicas, key=_order_key))})")
-        return sorted(names, key=_order_key)
+                             f"(running: {', '.join(sorted(self.replicas, key=order_key))})")
+        return sorted(names, key=order_key)
 
     async def _roll(self, type_, names):
         """Replace replicas one at a time: start a new one, wait until it serves, then
@@ -760,7 +627,7 @@ class Runner:
                 raise RuntimeFailure(f"port {spec.port} for {spec.name} is in use")
         new = [self._new_replica(spec) for spec in specs]
         await asyncio.to_thread(self._add_and_start, [r.name for r in new])
-        self._poke()
+        self.cadence.poke()
         return new
 
     async def _remove_replica(self, r):
@@ -771,109 +638,12 @@ class Runner:
         drained = await self.pool.drain(r.name, grace)
         if not drained:
             self.out.system(f"{r.name}: requests still in flight after {grace:g}s; stopping anyway")
-        if self.guard:
-            self.guard.unwatch(r.name)
+        self.memory.unwatch(r.name)
         await asyncio.to_thread(self.sup.remove, r.name)
         self.project.pods.discard(r.name)
         self.health.gone(r.name)
         self.replicas.pop(r.name, None)
-        self._tails.pop(r.name, None)
-
-    # -- release steps (release.py) ---------------------------------------------------
-    # Once at start before the replicas start, and before each deploy (_deploy: a reload
-    # of command/.env, a `restart` of a type); not on scale, as Heroku and DE.
-    async def _release_at_start(self):
-        """The release steps before the first replicas start. False when dashscale was
-        stopped meanwhile; a failure is RuntimeFailure (exit 1): nothing starts."""
-        failed = await self._run_release(self.project.release_steps, "before")
-        if self.stopping.is_set():
-            return False
-        if failed:
-            raise RuntimeFailure(f"release step failed: {failed.describe()}; "
-                                 "no replica was started")
-        return True
-
-    async def _deploy_for_reload(self, types, steps, dotenv):
-        """A reload's deploy (_deploy) with its new release steps and .env. False when
-        the snapshot or a step fails (said once per content of the files): nothing new
-        starts, the running replicas serve on."""
-        key = [_content(path) for path in self.project.watched_files]
-        if key == self._release_failed:
-            return False  # an editor's second event for the same save
-        try:
-            failed = await self._deploy(types, steps=steps, dotenv=dotenv)
-        except RuntimeFailure as exc:  # the snapshot
-            self.out.system(f"reload: {exc} — nothing changed")
-            self._event("reload-error", str(exc))
-            return False
-        self._release_failed = key if failed else None
-        if failed and not self.stopping.is_set():
-            self.out.system(f"reload: release step failed: {failed.describe()} — nothing "
-                            f"changed, still running {format_formation(self.counts)}")
-            self._event("reload-error", f"release step failed: {failed.describe()}")
-        return not failed
-
-    async def _after_deploy(self, steps):
-        """postdeploy, once the new replicas serve; a failure is reported and the new
-        replicas stay (the deploy is done, as on Dash Enterprise)."""
-        failed = await self._run_release(steps, "after")
-        if failed and not self.stopping.is_set():
-            self.out.system(f"postdeploy step failed: {failed.describe()}; the new replicas "
-                            "keep serving")
-            self._event("release-error", f"postdeploy step failed: {failed.describe()}")
-
-    async def _run_release(self, steps, phase, dotenv=None):
-        """Run the ``phase`` steps in order, each to completion, with ``dotenv`` (default:
-        the running .env); the Outcome of the first that fails (the rest do not run),
-        else None."""
-        for step in (release.before if phase == "before" else release.after)(steps):
-            self.out.system(f"release step {step.name} ({step.source}): {step.command}")
-            self.release_running = step.name
-            try:
-                outcome = await self._run_step(step, dotenv)
-            finally:
-                self.release_running = None
-            self.release_last = outcome
-            self._event("release", outcome.describe())
-            if not outcome.ok:
-                return outcome
-            self.out.system(outcome.describe())
-        return None
-
-    async def _run_step(self, step, dotenv=None):
-        """One step with a replica's environment (no PORT), on a disk of its own as a
-        replica's (podfs: the latest deploy, `../mount` beside it); stopped with
-        dashscale (TERM, then KILL after stop_timeout)."""
-        runtime_dir = os.path.join(self.run_dir, "rt", step.name)
-        os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
-        env = process_env(self.project, self.app_name, step.name, runtime_dir, dotenv=dotenv)
-        pods = self.project.pods
-
-        def started(proc):  # on the step's thread
-            self._release_proc = proc
-            self.loop.call_soon_threadsafe(self._save_state)
-
-        def run():  # on a thread: its disk may be a copy of the deploy
-            return release.run(step, env, pods.step_dir(step.name), self.out.line,
-                               self.sup.log_path(step.name), started)
-        job = asyncio.ensure_future(asyncio.to_thread(run))
-        stopping = asyncio.ensure_future(self.stopping.wait())
-        await asyncio.wait([job, stopping], return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        proc = self._release_proc
-        if not job.done() and proc:
-            release.stop(proc)
-            if not (await asyncio.wait([job], timeout=self.settings.stop_timeout))[0]:
-                release.stop(proc, signal.SIGKILL)
-        try:
-            return await job
-        except OSError as exc:  # could not even start it
-            self.out.system(f"{step.name}: cannot run {step.command!r}: {exc}")
-            return release.Outcome(step, 127, 0.0, time.time())
-        finally:
-            self._release_proc = None
-            self._save_state()
-            await asyncio.to_thread(pods.discard, step.name)  # its disk goes with it
+        self.logs.forget(r.name)
 
     # -- reload on file changes --------------------------------------------------
     async def _watch_files(self, startup, at_most=2.0):
@@ -934,7 +704,7 @@ class Runner:
                 old[t].command != procfile.types[t].command or env_changed
                 or limits[t] != self.limits.get(t))]
             if not removed and not changed and counts == self.counts:
-                self._release_failed = None
+                self.releases.forget_failure()
                 if steps != self.project.release_steps:
                     self.project.release_steps = steps
                     self.out.system("reload: release steps changed; they run before the "
@@ -942,7 +712,8 @@ class Runner:
                 return True  # saved with the same content
             new_types = [t for t in types if t not in old]
             deploy = bool(changed or new_types)  # what is rolled or added: the tree as it is now
-            if deploy and not await self._deploy_for_reload(changed + new_types, steps, env):
+            if deploy and not await self.releases.deploy_for_reload(
+                    changed + new_types, steps, env, format_formation(self.counts)):
                 return False
             self.project.procfile, self.project.type_names, self.project.env = procfile, types, env
             self.project.release_steps = steps
@@ -960,7 +731,7 @@ class Runner:
             self.counts = counts
             for t in changed:
                 names = sorted((n for n, r in self.replicas.items() if r.type == t and r not in added),
-                               key=_order_key)
+                               key=order_key)
                 if names:
                     what.append(f"rolling {t}")
                     self.out.system(f"reload: {t} changed; rolling {len(names)} replica(s)")
@@ -970,7 +741,7 @@ class Runner:
                         what[-1] = f"roll of {t} FAILED; old replicas kept"
                         deploy = False  # no postdeploy for a deploy that did not happen
             if deploy:
-                await self._after_deploy(steps)
+                await self.releases.after_deploy(steps)
             self._save_state()
             summary = "; ".join(what) or "formation " + format_formation(counts)
             self.out.system(f"reload applied in {time.monotonic() - t0:.2f}s: {summary}")
@@ -988,7 +759,7 @@ class Runner:
     def _reload_error(self, exc):
         """Say what is wrong with an edit once per content of the files: an editor's
         saves of the same bad text are not news."""
-        key = (str(exc), [_content(path) for path in self.project.watched_files])
+        key = (str(exc), [file_content(path) for path in self.project.watched_files])
         if key == self._reported_error:
             return
         self._reported_error = key
@@ -999,95 +770,16 @@ class Runner:
     async def stop(self):
         self.stopping.set()
 
-    # -- status ----------------------------------------------------------------
+    # -- status (status.py) ------------------------------------------------------
     def status(self):
-        self._update_memory()
-        replicas = [r.as_json() for r in sorted(self.replicas.values(), key=lambda r: _order_key(r.name))]
-        stats = self.pool.stats()
-        for item in replicas:
-            item["proxy"] = stats.get(item["name"], {"inflight": 0, "served": 0, "errors": 0})
-            item["checks"] = self.health.checks_of(item["name"])
-        return {
-            "app_name": self.app_name or None,
-            "spread": self.spread,
-            "proxy": {"url": self.url, "port": self.port, "host": self.host,
-                      "balance": self.pool.policy},
-            "procfile": self.project.procfile_path,
-            "formation": dict(self.counts),
-            "watching": self.watcher is not None,  # live reload of file edits is on
-            "runner_pid": os.getpid(),
-            "supervisord_pid": self.sup.process.pid if self.sup and self.sup.process else None,
-            "replicas": replicas,
-            # Each replica's own view of the app directory (overlay or copy), ../mount
-            # shared; or "shared": every replica in the user's directory (--shared-fs).
-            "filesystem": self.project.pods.status(),
-            # Apart from the replicas, as Dash Enterprise's managed Redis/Postgres: their
-            # memory is not in memory.total_bytes / max_bytes.
-            "services": self.services.status() if self.services else [],
-            # One-shot steps of a deploy, not replicas: the last one run and its result.
-            "release": {"steps": [step.as_json() for step in self.project.release_steps],
-                        "last": self.release_last.as_json() if self.release_last else None,
-                        "running": self.release_running},
-            "memory": {"total_bytes": sum(r.memory_bytes for r in self.replicas.values()),
-                       "max_bytes": sum(r.memory_limit for r in self.replicas.values()),
-                       "metric": (self.guard.metric if self.guard  # pss falls back to rss
-                                  else self.settings.memory_metric),
-                       "on_limit": self.settings.on_limit},
-            "events": self.events[-50:],
-            "proxy_stats": self.proxy.stats() if self.proxy else {},
-        }
+        self.memory.update()
+        return status.status(self)
 
     def _event(self, kind, message):
-        self.events.append({"time": time.time(), "kind": kind, "message": message})
-        del self.events[:-200]
+        self.events.add(kind, message)
 
     def _save_state(self, strict=False):
-        state = {
-            "runner": rundir.identity(os.getpid()),
-            "supervisord": rundir.identity(self.sup.process.pid) if self.sup and self.sup.process else None,
-            "replicas": {r.name: rundir.identity(r.pid) for r in self.replicas.values() if r.pid},
-            "procfile": self.project.procfile_path,
-            "proxy": {"host": self.host, "port": self.port},
-            "formation": self.counts,
-            "services": self.services.identities() if self.services else {},
-        }
-        if self._release_proc:  # a release step: its own process group, as a replica
-            state["replicas"][self.release_running] = rundir.identity(self._release_proc.pid)
-        state["replicas"] = {k: v for k, v in state["replicas"].items() if v}
-        try:
-            rundir.write_state(self.run_dir, state)
-        except OSError as exc:  # disk full: keep running (and monitoring), say it once
-            if strict:
-                raise
-            if not getattr(self, "_state_error", None):
-                self.out.system(f"WARNING: cannot write {rundir.state_path(self.run_dir)}: "
-                                f"{exc.strerror}; a kill -9 now would leave orphans")
-            self._state_error = exc.strerror
-            return
-        self._state_error = None
-
-    # -- logs ----------------------------------------------------------------
-    async def _tail_logs(self):
-        """Print the replicas' new log lines: every 0.1 s while lines come or the monitor
-        sees changes, else every 0.5 s."""
-        last_line = None
-        while True:
-            for r in list(self.replicas.values()) + list(self.services or ()):
-                if self._tail_once(r):
-                    last_line = time.monotonic()
-            now = time.monotonic()
-            await asyncio.sleep(min(busy_interval(now, last_line, TAIL_FAST, TAIL_IDLE),
-                                    busy_interval(now, self._activity, TAIL_FAST, TAIL_IDLE)))
-
-    def _tail_once(self, r):
-        """Print what was added to r's log; returns how many lines."""
-        tail = self._tails.get(r.name)
-        if tail is None:
-            tail = self._tails[r.name] = LogTail(self.sup.log_path(r.name), from_start=True)
-        lines = tail.read_lines()
-        for line in lines:
-            self.out.line(r.name, line)
-        return len(lines)
+        self.state_file.write(status.state(self), strict)
 
 
 def _shown(path):
@@ -1096,21 +788,9 @@ def _shown(path):
     return path if rel.startswith(os.pardir) else rel
 
 
-def _content(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def _empty(path):
     try:
         return os.path.getsize(path) == 0
     except OSError:
         return False
 
-
-def _order_key(name):
-    type_, _, index = name.rpartition(".")
-    return (type_, int(index) if index.isdigit() else 0)
