@@ -17,6 +17,7 @@ see DashApp.resolve), so `bench URL/page` and `--input` reach the callbacks on i
 prints a table, plots latency vs replicas next to the ideal, and restores the formation.
 """
 import collections
+import statistics
 import json
 import math
 import os
@@ -127,7 +128,7 @@ def service_times(clicks, workers_per_replica):
             if c.status is not None:
                 sent = click_result.started + c.started_s
                 by_replica[c.replica].append((sent, sent + c.seconds, c.callback, c.ok))
-    fastest = {}
+    exact, inferred = collections.defaultdict(list), collections.defaultdict(list)
     for calls in by_replica.values():
         calls.sort()
         for i, (sent, end, name, ok) in enumerate(calls):
@@ -135,10 +136,14 @@ def service_times(clicks, workers_per_replica):
                 continue
             ahead = sorted(e for s_, e, _n, _ok in calls[:i] if e > sent)
             k = len(ahead)
-            start = sent if k < workers_per_replica else \
-                max(sent, ahead[k - workers_per_replica])
-            fastest[name] = min(end - start, fastest.get(name, end - start))
-    return fastest
+            if k < workers_per_replica:  # a worker was free: it started when sent
+                exact[name].append(end - sent)
+            elif end - ahead[k - workers_per_replica] > 0:
+                inferred[name].append(end - max(sent, ahead[k - workers_per_replica]))
+    # A call that started at once is measured; a queued one is inferred from the client's
+    # send order, which two connections can swap: never let one such guess undercut.
+    return {name: min(exact[name]) if exact[name] else statistics.median(inferred[name])
+            for name in set(exact) | set(inferred)}
 
 
 def _upstream(plan):
