@@ -15,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from . import rundir
 from .commands import program_of
 from .errors import UsageError
 
@@ -152,16 +153,8 @@ def missing_programs(procfile, env, cwd):
 
 def save_python_env(run_dir, env):
     """Record the running formation's environment for `status` (python.json, 0600)."""
-    path = os.path.join(run_dir, PYTHON_FILE)
-    tmp = path + ".tmp"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        json.dump(env.as_json(), f)
-    os.replace(tmp, path)
+    rundir.write_json(os.path.join(run_dir, PYTHON_FILE), env.as_json())
 
 
 def saved_python_env(run_dir):
-    try:
-        with open(os.path.join(run_dir, PYTHON_FILE), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return rundir.read_json(os.path.join(run_dir, PYTHON_FILE))

@@ -315,21 +315,12 @@ def check_replicas(status, timeout=30.0, pages=()):
 
 def save(run_dir, result):
     """Keep the last result for the dashboard (written whole, then renamed)."""
-    path = os.path.join(run_dir, RESULT_FILE)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w", encoding="utf-8") as f:
-        json.dump(result, f)
-    os.replace(tmp, path)
+    rundir.write_json(os.path.join(run_dir, RESULT_FILE), result)
 
 
 def load(run_dir):
     """The last saved result, or None."""
-    try:
-        with open(os.path.join(run_dir, RESULT_FILE), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return rundir.read_json(os.path.join(run_dir, RESULT_FILE))
 
 
 def format_text(result):

@@ -92,20 +92,29 @@ def _unlink(path):
         pass
 
 
-def write_state(run_dir, state):
-    tmp = state_path(run_dir) + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(state, f)
-    os.replace(tmp, state_path(run_dir))
+def write_json(path, data):
+    """Write ``data`` as JSON to ``path`` whole (a temporary file, then renamed), 0600."""
+    tmp = path + ".tmp"
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
 
 
-def read_state(run_dir):
+def read_json(path):
+    """What write_json left at ``path``, or None (absent or unreadable)."""
     try:
-        with open(state_path(run_dir)) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def write_state(run_dir, state):
+    write_json(state_path(run_dir), state)
+
+
+def read_state(run_dir):
+    return read_json(state_path(run_dir))
 
 
 def live_runner(run_dir):
